@@ -1,0 +1,32 @@
+# Generated from chapters/02_embeddings_rmsnorm.md — edit the chapter, not this file.
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: divide by the root mean square (computed in fp32), no mean, no bias."""
+
+    def __init__(self, d_model: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        if not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Normalise the last dimension of ``hidden_states`` and apply the learned gain."""
+        # Square and average in fp32: in fp16, |x| > 256 already overflows x**2.
+        variance = hidden_states.float().pow(2).mean(-1, keepdim=True)  # (..., 1)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.eps)  # fp32 from here
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            hidden_states = hidden_states.to(self.weight.dtype)
+        return self.weight * hidden_states
+
+    def extra_repr(self) -> str:
+        """Show the size and epsilon when the module is printed."""
+        return f"{self.weight.shape[0]}, eps={self.eps}"

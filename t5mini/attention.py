@@ -1,0 +1,183 @@
+# Generated from chapters/04_attention.md — edit the chapter, not this file.
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+def mask_value(dtype: torch.dtype) -> float:
+    """The additive bias that removes a key: the most negative finite number of ``dtype``."""
+    return torch.finfo(dtype).min
+
+
+def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``(batch, key_len)`` mask of 1 (keep) / 0 (pad) as an additive ``(batch, 1, 1, key_len)`` bias."""
+    if attention_mask.dim() != 2:
+        raise ValueError(
+            f"attention_mask must have shape (batch, key_len), got {tuple(attention_mask.shape)}"
+        )
+    keep = attention_mask[:, None, None, :] != 0  # (batch, 1, 1, key_len)
+    bias = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
+    return bias.masked_fill(~keep, mask_value(dtype))
+
+
+def causal_bias(
+    query_len: int,
+    key_len: int,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+    query_offset: int = 0,
+) -> torch.Tensor:
+    """An additive ``(1, 1, query_len, key_len)`` bias letting query ``query_offset + i`` see keys ``<= it``."""
+    query_position = torch.arange(query_offset, query_offset + query_len, device=device)
+    key_position = torch.arange(key_len, device=device)
+    future = key_position[None, :] > query_position[:, None]  # (query_len, key_len)
+    bias = torch.zeros(future.shape, dtype=dtype, device=device)
+    return bias.masked_fill(future, mask_value(dtype))[None, None]
+
+
+def eager_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q @ k.T + bias) @ v`` with no 1/sqrt(d_kv); returns (output, probabilities)."""
+    scores = query @ key.transpose(-1, -2)  # (batch, num_heads, query_len, key_len)
+    if bias is not None:
+        scores = scores + bias
+    probabilities = scores.float().softmax(dim=-1).to(query.dtype)
+    if dropout_p > 0.0:
+        probabilities = F.dropout(probabilities, p=dropout_p, training=True)
+    return probabilities @ value, probabilities  # (batch, num_heads, query_len, d_kv)
+
+
+def sdpa_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """The same computation through ``F.scaled_dot_product_attention`` (float mask, ``scale=1.0``)."""
+    if bias is not None and bias.dtype != query.dtype:
+        bias = bias.to(query.dtype)
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=bias, dropout_p=dropout_p, scale=1.0
+    )  # (batch, num_heads, query_len, d_kv)
+
+
+class KVCache:
+    """One self-attention layer's keys and values, preallocated for ``max_length`` positions."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_heads: int,
+        max_length: int,
+        d_kv: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length!r}")
+        shape = (batch_size, num_heads, max_length, d_kv)
+        self.key = torch.zeros(shape, dtype=dtype, device=device)
+        self.value = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions [0, length) hold keys and values
+
+    @property
+    def max_length(self) -> int:
+        """How many positions the cache can hold."""
+        return self.key.shape[2]
+
+    def update(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new ``(batch, heads, new_len, d_kv)`` keys/values in place; return all so far."""
+        start, end = self.length, self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(
+                f"the KV cache holds max_length={self.max_length} positions; cannot add "
+                f"{key.shape[2]} after {start}"
+            )
+        self.key[:, :, start:end] = key
+        self.value[:, :, start:end] = value
+        self.length = end
+        return self.key[:, :, :end], self.value[:, :, :end]  # (batch, heads, end, d_kv)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows ``index`` (beam search); in place when the batch size is kept."""
+        if index.numel() == self.key.shape[0]:
+            self.key.copy_(self.key.index_select(0, index))
+            self.value.copy_(self.value.index_select(0, index))
+        else:
+            self.key = self.key.index_select(0, index)
+            self.value = self.value.index_select(0, index)
+
+
+class T5Attention(nn.Module):
+    """T5 multi-head attention: no biases, no 1/sqrt(d_kv), an additive position bias and mask."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_kv: int,
+        num_heads: int,
+        dropout_rate: float = 0.0,
+        implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        for name, size in (("d_model", d_model), ("d_kv", d_kv), ("num_heads", num_heads)):
+            if not isinstance(size, int) or size <= 0:
+                raise ValueError(f"{name} must be a positive int, got {size!r}")
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        self.d_kv, self.num_heads = d_kv, num_heads
+        self.inner_dim = num_heads * d_kv  # need not equal d_model
+        self.dropout_rate = dropout_rate
+        self.implementation = implementation
+        self.q = nn.Linear(d_model, self.inner_dim, bias=False)
+        self.k = nn.Linear(d_model, self.inner_dim, bias=False)
+        self.v = nn.Linear(d_model, self.inner_dim, bias=False)
+        self.o = nn.Linear(self.inner_dim, d_model, bias=False)
+
+    def split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        """(batch, len, heads * d_kv) -> (batch, heads, len, d_kv)."""
+        batch, length, _ = states.shape
+        return states.view(batch, length, self.num_heads, self.d_kv).transpose(1, 2)
+
+    def key_value(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project ``states`` (batch, key_len, d_model) to per-head keys and values."""
+        return self.split_heads(self.k(states)), self.split_heads(self.v(states))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attend from ``hidden_states`` (batch, query_len, d_model) to itself or ``key_value_states``."""
+        batch, query_len, _ = hidden_states.shape
+        query = self.split_heads(self.q(hidden_states))  # (batch, heads, query_len, d_kv)
+        if key_value is not None:  # precomputed (cross-attention while decoding)
+            key, value = key_value
+        else:
+            source = hidden_states if key_value_states is None else key_value_states
+            key, value = self.key_value(source)  # (batch, heads, key_len, d_kv)
+            if cache is not None:
+                key, value = cache.update(key, value)
+        dropout_p = self.dropout_rate if self.training else 0.0
+        if self.implementation == "sdpa":
+            output = sdpa_attention(query, key, value, bias, dropout_p)
+        else:
+            output, _ = eager_attention(query, key, value, bias, dropout_p)
+        output = output.transpose(1, 2).reshape(batch, query_len, self.inner_dim)
+        return self.o(output)  # (batch, query_len, d_model)

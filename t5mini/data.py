@@ -1,0 +1,392 @@
+# Generated from chapters/09_span_corruption.md — edit the chapter, not this file.
+
+from __future__ import annotations
+
+import copy
+import gzip
+import importlib
+import importlib.resources
+import itertools
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t5mini.tokenizer import bundled_corpus
+
+
+def _check_noise_args(noise_density: float, mean_noise_span_length: float) -> None:
+    """Raise a ValueError naming the argument when a noise setting is out of range."""
+    if not 0.0 < noise_density < 1.0:
+        raise ValueError(f"noise_density={noise_density!r}: expected a fraction in (0, 1)")
+    if not mean_noise_span_length >= 1.0:
+        raise ValueError(
+            f"mean_noise_span_length={mean_noise_span_length!r}: expected a length >= 1"
+        )
+
+
+def noise_span_counts(
+    length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """How many tokens of a length-`length` sequence T5 corrupts, and in how many spans."""
+    _check_noise_args(noise_density, mean_noise_span_length)
+    if length < 2:
+        raise ValueError(
+            f"length={length!r}: a sequence must have at least 2 tokens to corrupt "
+            "(one noise token and one kept token)"
+        )
+    num_noise_tokens = round(length * noise_density)  # half to even, like np.round
+    num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
+    num_noise_spans = max(round(num_noise_tokens / mean_noise_span_length), 1)
+    # Each noise span needs a non-noise span before it; T5 leaves the extra ones empty,
+    # which merges them, so this cap is the number of spans T5 actually produces.
+    num_noise_spans = min(num_noise_spans, length - num_noise_tokens)
+    return num_noise_tokens, num_noise_spans
+
+
+def _random_segmentation(
+    num_items: int, num_segments: int, batch_size: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Split `num_items` into `num_segments` random lengths >= 1, uniformly over all splits."""
+    if num_segments == 1:
+        return torch.full((batch_size, 1), num_items, dtype=torch.long)
+    # A split is a choice of num_segments - 1 cut points among the num_items - 1 gaps
+    # (T5 shuffles a boolean vector with that many True values: the same distribution).
+    scores = torch.rand(batch_size, num_items - 1, generator=generator, dtype=torch.float64)
+    cuts = scores.argsort(dim=1)[:, : num_segments - 1].sort(dim=1).values + 1
+    # (batch, num_segments - 1)
+    first = torch.zeros(batch_size, 1, dtype=torch.long)
+    last = torch.full((batch_size, 1), num_items, dtype=torch.long)
+    return torch.cat([first, cuts, last], dim=1).diff(dim=1)  # (batch, num_segments)
+
+
+def random_spans_noise_mask(
+    length: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """T5's noise mask: True on the tokens to corrupt, in spans of random length."""
+    num_noise_tokens, num_noise_spans = noise_span_counts(
+        length, noise_density, mean_noise_span_length
+    )
+    rows = 1 if batch_size is None else batch_size
+    noise_lengths = _random_segmentation(num_noise_tokens, num_noise_spans, rows, generator)
+    kept_lengths = _random_segmentation(length - num_noise_tokens, num_noise_spans, rows, generator)
+    # (rows, num_noise_spans) each; interleave them, starting with kept (non-noise) tokens
+    span_lengths = torch.stack([kept_lengths, noise_lengths], dim=2).view(rows, -1)
+    # (rows, 2 * num_noise_spans)
+    span_starts = span_lengths.cumsum(dim=1)[:, :-1]  # every span but the first
+    starts = torch.zeros(rows, length, dtype=torch.int32)
+    starts.scatter_(1, span_starts, 1)
+    is_noise = starts.cumsum(dim=1) % 2 == 1  # (rows, length): odd spans are noise
+    return is_noise[0] if batch_size is None else is_noise
+
+
+def noise_span_to_sentinel(
+    tokens: torch.Tensor, noise_mask: torch.Tensor, first_sentinel_id: int
+) -> torch.Tensor:
+    """Replace each span of noise tokens by one sentinel, counting down from `first_sentinel_id`."""
+    if tokens.shape != noise_mask.shape:
+        raise ValueError(
+            f"noise_mask has shape {tuple(noise_mask.shape)}: expected the shape of tokens, "
+            f"{tuple(tokens.shape)}"
+        )
+    previous = torch.nn.functional.pad(noise_mask[..., :-1], (1, 0), value=False)
+    span_start = noise_mask & ~previous  # (..., length): the first token of each noise span
+    span_index = span_start.cumsum(dim=-1) - 1  # 0 for the first span, 1 for the next ...
+    ids = torch.where(span_start, first_sentinel_id - span_index, tokens)
+    keep = ~noise_mask | span_start  # kept tokens, and one sentinel per span
+    kept_per_row = keep.sum(dim=-1).unique()
+    if kept_per_row.numel() > 1:
+        raise ValueError(
+            "noise_mask: every row must leave the same number of tokens and spans, "
+            f"got rows of {kept_per_row.tolist()} tokens; convert such rows one at a time"
+        )
+    return ids[keep].view(*tokens.shape[:-1], -1)  # (..., kept + spans)
+
+
+def fill_in_spans(
+    input_ids: Sequence[int] | torch.Tensor,
+    target_ids: Sequence[int] | torch.Tensor,
+    first_sentinel_id: int,
+    num_sentinels: int = 100,
+    eos_id: int = 1,
+    pad_id: int = 0,
+) -> list[int]:
+    """Undo span corruption: put each span of the targets back in place of its sentinel."""
+
+    def is_sentinel(token: int) -> bool:
+        return first_sentinel_id - num_sentinels < token <= first_sentinel_id
+
+    def body(ids: Sequence[int] | torch.Tensor, name: str) -> list[int]:
+        tokens = torch.as_tensor(ids).tolist()
+        while tokens and tokens[-1] in (pad_id, -100):  # padding, and -100 in labels
+            tokens.pop()
+        if not tokens or tokens[-1] != eos_id:
+            raise ValueError(f"{name}: expected a sequence that ends with EOS ({eos_id})")
+        return tokens[:-1]  # EOS inside is a document boundary; the last one ends the sequence
+
+    spans: dict[int, list[int]] = {}
+    current: list[int] = []
+    for token in body(target_ids, "target_ids"):
+        if is_sentinel(token):
+            current = spans.setdefault(token, [])
+        else:
+            current.append(token)
+    original: list[int] = []
+    for token in body(input_ids, "input_ids"):
+        if is_sentinel(token):
+            if token not in spans:
+                raise ValueError(f"target_ids: no span for the sentinel {token} of input_ids")
+            original.extend(spans[token])
+        else:
+            original.append(token)
+    return original
+
+
+def compute_input_and_target_lengths(
+    inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+    """The raw length that corrupts to at most `inputs_length` tokens, and the targets' length."""
+    _check_noise_args(noise_density, mean_noise_span_length)
+    if inputs_length < 3:
+        raise ValueError(
+            f"inputs_length={inputs_length!r}: expected at least 3 "
+            "(one kept token, one sentinel and EOS)"
+        )
+
+    def corrupted_lengths(raw_length: int) -> tuple[int, int]:
+        num_noise, num_spans = noise_span_counts(raw_length, noise_density, mean_noise_span_length)
+        # inputs: the kept tokens, a sentinel per span, EOS; targets: the noise, the same
+        # sentinels, EOS
+        return raw_length - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+    raw_length = inputs_length
+    while raw_length > 2 and corrupted_lengths(raw_length)[0] > inputs_length:
+        raw_length -= 1
+    while corrupted_lengths(raw_length + 1)[0] <= inputs_length:
+        raw_length += 1
+    targets_length = corrupted_lengths(raw_length)[1]
+    if noise_density == 0.5 and targets_length > inputs_length:
+        # T5's adjustment: keep the targets within the (usually round) inputs length
+        raw_length -= 1
+        targets_length = corrupted_lengths(raw_length)[1]
+    return raw_length, targets_length
+
+
+def _open_text(path: Path) -> Any:
+    """Open a text file for reading, decompressing `.gz` files on the fly."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def read_documents(
+    paths: str | Path | Iterable[str | Path] | None = None, text_column: str = "text"
+) -> Iterator[str]:
+    """Documents from text files: blank-line separated in `.txt`, one JSON object a line in `.jsonl`."""
+    if paths is None:
+        paths = [bundled_corpus()]
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ValueError(f"paths: {str(path)!r} is not a file")
+        kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+        with _open_text(path) as lines:
+            if kind in (".jsonl", ".json"):
+                rows = (json.loads(line) for line in lines if line.strip())
+                yield from documents_from_rows(rows, text_column)
+                continue
+            paragraph: list[str] = []
+            for line in itertools.chain(lines, [""]):  # a blank line ends a document
+                if line.strip():
+                    paragraph.append(line)
+                elif paragraph:
+                    yield "".join(paragraph).strip("\n")
+                    paragraph = []
+
+
+def documents_from_rows(rows: Iterable[dict[str, Any]], text_column: str = "text") -> Iterator[str]:
+    """The texts of dataset rows (dicts, such as a `datasets` dataset yields), skipping empty ones."""
+    for row in rows:
+        if text_column not in row:
+            raise ValueError(
+                f"text_column={text_column!r} is not a field of the rows; they have {sorted(row)}"
+            )
+        if row[text_column].strip():
+            yield row[text_column]
+
+
+def load_hf_documents(
+    path: str,
+    name: str | None = None,
+    *,
+    split: str = "train",
+    text_column: str = "text",
+    streaming: bool = True,
+    **load_kwargs: Any,
+) -> Iterator[str]:
+    """Documents from a Hugging Face `datasets` dataset (such as `allenai/c4`), streamed by default."""
+    try:
+        datasets = importlib.import_module("datasets")
+    except ImportError as error:
+        raise ImportError(
+            "load_hf_documents needs the `datasets` package: pip install datasets"
+        ) from error
+    dataset = datasets.load_dataset(path, name, split=split, streaming=streaming, **load_kwargs)
+    return documents_from_rows(dataset, text_column)
+
+
+class SpanCorruptionCollator:
+    """Pack token streams into fixed-length chunks and span-corrupt them into T5 batches."""
+
+    def __init__(
+        self,
+        input_length: int,
+        *,
+        eos_id: int,
+        pad_id: int,
+        first_sentinel_id: int,
+        num_sentinels: int = 100,
+        noise_density: float = 0.15,
+        mean_noise_span_length: float = 3.0,
+        seed: int | None = None,
+    ) -> None:
+        """Batches whose inputs hold `input_length` tokens; `seed` makes the noise repeatable."""
+        self.raw_length, self.target_length = compute_input_and_target_lengths(
+            input_length, noise_density, mean_noise_span_length
+        )
+        num_spans = noise_span_counts(self.raw_length, noise_density, mean_noise_span_length)[1]
+        if num_spans > num_sentinels:
+            raise ValueError(
+                f"input_length={input_length!r}: its {num_spans} noise spans need more than "
+                f"num_sentinels={num_sentinels} sentinels; use shorter inputs or longer spans"
+            )
+        self.input_length = input_length
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self.first_sentinel_id, self.num_sentinels = first_sentinel_id, num_sentinels
+        self.noise_density = noise_density
+        self.mean_noise_span_length = mean_noise_span_length
+        self.generator = torch.Generator()
+        self.generator.manual_seed(seed if seed is not None else torch.seed())
+
+    @classmethod
+    def from_tokenizer(
+        cls, tokenizer: Any, input_length: int, **kwargs: Any
+    ) -> SpanCorruptionCollator:
+        """A collator that takes EOS, padding and the sentinels from a t5mini `Tokenizer`."""
+        return cls(
+            input_length,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            first_sentinel_id=tokenizer.sentinel_id(0),
+            num_sentinels=tokenizer.extra_ids,
+            **kwargs,
+        )
+
+    def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Span-corrupt rows of equal length: (batch, raw) -> inputs and targets, EOS-ended."""
+        batch_size, length = tokens.shape
+        noise_mask = random_spans_noise_mask(
+            length,
+            self.noise_density,
+            self.mean_noise_span_length,
+            generator=self.generator,
+            batch_size=batch_size,
+        )  # (batch, length)
+        eos = torch.full((batch_size, 1), self.eos_id, dtype=tokens.dtype)
+        inputs = noise_span_to_sentinel(tokens, noise_mask, self.first_sentinel_id)
+        targets = noise_span_to_sentinel(tokens, ~noise_mask, self.first_sentinel_id)
+        return torch.cat([inputs, eos], dim=1), torch.cat([targets, eos], dim=1)
+
+    def __call__(self, chunks: torch.Tensor | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Corrupt a batch of raw chunks (at most `raw_length` tokens each) into padded tensors."""
+        if isinstance(chunks, torch.Tensor):
+            rows = list(chunks) if chunks.dim() == 2 else [chunks]
+        else:
+            rows = [torch.as_tensor(chunk, dtype=torch.long) for chunk in chunks]
+        lengths = [len(row) for row in rows]
+        if not rows or not all(2 <= n <= self.raw_length for n in lengths):
+            raise ValueError(
+                f"chunks: expected a non-empty batch of chunks of 2 to {self.raw_length} tokens "
+                f"(raw_length), got lengths {sorted(set(lengths))}"
+            )
+        batch_size = len(rows)
+        input_ids = torch.full((batch_size, self.input_length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros(batch_size, self.input_length, dtype=torch.long)
+        labels = torch.full((batch_size, self.target_length), -100, dtype=torch.long)
+        for length in sorted(set(lengths), reverse=True):  # full chunks first, in one go
+            index = torch.tensor([i for i, n in enumerate(lengths) if n == length])
+            tokens = torch.stack([rows[i] for i in index.tolist()]).long()  # (group, length)
+            inputs, targets = self.corrupt(tokens)
+            input_ids[index, : inputs.shape[1]] = inputs
+            attention_mask[index, : inputs.shape[1]] = 1
+            labels[index, : targets.shape[1]] = targets
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _blocks(self, documents: Iterable[Sequence[int]], size: int) -> Iterator[torch.Tensor]:
+        """The documents joined with EOS, cut into blocks of `size` tokens; the tail comes last."""
+        buffer: list[int] = []
+        for document in documents:
+            buffer.extend(document)
+            if len(document) == 0 or document[-1] != self.eos_id:
+                buffer.append(self.eos_id)  # documents end with EOS (the tokenizer adds it)
+            while len(buffer) >= size:
+                yield torch.tensor(buffer[:size], dtype=torch.long)  # (size,)
+                del buffer[:size]
+        if buffer:
+            yield torch.tensor(buffer, dtype=torch.long)  # (< size,)
+
+    def pack(self, documents: Iterable[Sequence[int]]) -> Iterator[torch.Tensor]:
+        """Join tokenised documents with EOS and cut raw chunks of `raw_length` (the last may be shorter)."""
+        return self._blocks(documents, self.raw_length)
+
+    def batches(
+        self, documents: Iterable[Sequence[int]], batch_size: int, drop_last: bool = True
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Corrupted batches from a stream of tokenised documents, packed without padding."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+        for block in self._blocks(documents, batch_size * self.raw_length):
+            if len(block) == batch_size * self.raw_length:
+                yield self(block.view(batch_size, self.raw_length))
+            elif not drop_last:  # the tail: full chunks, then one shorter chunk
+                tail = list(block.split(self.raw_length))
+                if len(tail[-1]) < 2:  # one token is too short to corrupt
+                    tail.pop()
+                if tail:
+                    yield self(tail)
+
+
+class SpanCorruptionDataset(torch.utils.data.IterableDataset):
+    """A stream of span-corrupted batches: texts -> tokens -> packed chunks -> T5 batches."""
+
+    def __init__(
+        self,
+        documents: Iterable[str] | Callable[[], Iterable[str]],
+        tokenizer: Any,
+        collator: SpanCorruptionCollator,
+        batch_size: int,
+        drop_last: bool = True,
+    ) -> None:
+        """`documents` is an iterable of texts, or a function returning one for each pass."""
+        self.documents, self.tokenizer, self.collator = documents, tokenizer, collator
+        self.batch_size, self.drop_last = batch_size, drop_last
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over the documents; DataLoader workers share them out and draw their own noise."""
+        documents = self.documents() if callable(self.documents) else self.documents
+        collator = self.collator
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.num_workers > 1:
+            documents = itertools.islice(documents, worker.id, None, worker.num_workers)
+            collator = copy.copy(collator)
+            collator.generator = torch.Generator()
+            collator.generator.manual_seed(self.collator.generator.initial_seed() + worker.id)
+        tokens = (self.tokenizer.encode(text) for text in documents)
+        yield from collator.batches(tokens, self.batch_size, self.drop_last)

@@ -1,0 +1,472 @@
+"""Tests for t5mini.data: T5's span-corruption noise, lengths, collator and text sources."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import re
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from t5mini.data import (
+    SpanCorruptionCollator,
+    SpanCorruptionDataset,
+    compute_input_and_target_lengths,
+    documents_from_rows,
+    fill_in_spans,
+    load_hf_documents,
+    noise_span_counts,
+    noise_span_to_sentinel,
+    random_spans_noise_mask,
+    read_documents,
+)
+from t5mini.tokenizer import Tokenizer
+
+FIRST_SENTINEL = 8191  # <extra_id_0> of an 8,092-piece vocabulary padded to 8,192
+
+
+def runs(row: torch.Tensor) -> list[tuple[bool, int]]:
+    """Run-length encoding of a 1-D boolean mask: (value, length) pairs, in order."""
+    return [(bool(value), len(list(group))) for value, group in itertools.groupby(row.tolist())]
+
+
+def expected_counts(length: int, density: float, mean: float) -> tuple[int, int]:
+    """T5's counts, written out independently of the module."""
+    noise = min(max(int(round(length * density)), 1), length - 1)
+    spans = max(int(round(noise / mean)), 1)
+    return noise, min(spans, length - noise)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer()
+
+
+# --- the noise mask ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("density", [0.05, 0.15, 0.3, 0.5, 0.8])
+@pytest.mark.parametrize("mean", [1.0, 2.0, 3.0, 7.5])
+def test_mask_has_exact_noise_and_span_counts(density: float, mean: float) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for length in [2, 3, 5, 10, 17, 50, 101, 141, 568, 1137]:
+        num_noise, num_spans = expected_counts(length, density, mean)
+        assert noise_span_counts(length, density, mean) == (num_noise, num_spans)
+        masks = random_spans_noise_mask(length, density, mean, generator, batch_size=16)
+        assert masks.shape == (16, length) and masks.dtype == torch.bool
+        for row in masks:
+            row_runs = runs(row)
+            assert int(row.sum()) == num_noise
+            assert sum(1 for noisy, _ in row_runs if noisy) == num_spans
+            # kept first, then strictly alternating, ending with noise
+            assert [noisy for noisy, _ in row_runs] == [False, True] * num_spans
+
+
+def test_known_counts() -> None:
+    assert noise_span_counts(568) == (85, 28)
+    assert noise_span_counts(10) == (2, 1)  # 1.5 -> 2 (half to even)
+    assert noise_span_counts(30) == (4, 1)  # 4.5 -> 4 (half to even), 4 / 3 -> 1
+    assert noise_span_counts(2) == (1, 1)  # at least one noise and one kept token
+    assert noise_span_counts(4, 0.9, 1.0) == (3, 1)  # at most length - 1 noise, 1 kept span
+
+
+def test_single_mask_is_one_dimensional() -> None:
+    mask = random_spans_noise_mask(100, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (100,) and not mask[0] and mask[-1] and mask.sum() == 15
+
+
+def test_mask_is_uniform_over_t5_segmentations() -> None:
+    # length 20, density 0.3: 6 noise tokens in 2 spans, 14 kept tokens in 2 spans. T5 picks
+    # the split of each uniformly: C(5, 1) * C(13, 1) = 65 equally likely masks.
+    support = set()
+    for noise_first in range(1, 6):
+        for kept_first in range(1, 14):
+            mask = (
+                [False] * kept_first
+                + [True] * noise_first
+                + [False] * (14 - kept_first)
+                + [True] * (6 - noise_first)
+            )
+            support.add(tuple(mask))
+    assert len(support) == 65
+    draws = 65 * 300
+    masks = random_spans_noise_mask(
+        20, 0.3, 3.0, torch.Generator().manual_seed(0), batch_size=draws
+    )
+    counts = Counter(tuple(row) for row in masks.tolist())
+    assert set(counts) == support
+    # each of the 65 has probability 1/65: 300 expected, standard deviation about 17
+    assert min(counts.values()) > 300 - 5 * 17 and max(counts.values()) < 300 + 5 * 17
+
+
+def test_span_lengths_follow_the_exact_distribution() -> None:
+    import math
+
+    num_noise, num_spans = noise_span_counts(568)
+    masks = random_spans_noise_mask(
+        568, generator=torch.Generator().manual_seed(1), batch_size=2000
+    )
+    lengths = Counter(n for row in masks for noisy, n in runs(row) if noisy)
+    total = sum(lengths.values())
+    assert total == 2000 * num_spans
+    for j in range(1, 8):
+        exact = math.comb(num_noise - j - 1, num_spans - 2) / math.comb(
+            num_noise - 1, num_spans - 1
+        )
+        assert abs(lengths[j] / total - exact) < 0.01
+
+
+def test_mask_is_deterministic_under_a_seed() -> None:
+    a = random_spans_noise_mask(568, generator=torch.Generator().manual_seed(7), batch_size=4)
+    b = random_spans_noise_mask(568, generator=torch.Generator().manual_seed(7), batch_size=4)
+    c = random_spans_noise_mask(568, generator=torch.Generator().manual_seed(8), batch_size=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# --- sentinels -----------------------------------------------------------------------------
+
+
+def test_sentinel_conversion_by_hand() -> None:
+    tokens = torch.arange(10, 20)
+    mask = torch.tensor([0, 0, 1, 1, 0, 0, 0, 1, 0, 1], dtype=torch.bool)
+    s0, s1, s2 = FIRST_SENTINEL, FIRST_SENTINEL - 1, FIRST_SENTINEL - 2
+    inputs = noise_span_to_sentinel(tokens, mask, FIRST_SENTINEL)
+    targets = noise_span_to_sentinel(tokens, ~mask, FIRST_SENTINEL)
+    assert inputs.tolist() == [10, 11, s0, 14, 15, 16, s1, 18, s2]
+    assert targets.tolist() == [s0, 12, 13, s1, 17, s2, 19]
+    batched = noise_span_to_sentinel(tokens.expand(3, 10), mask.expand(3, 10), FIRST_SENTINEL)
+    assert batched.shape == (3, 9) and (batched == inputs).all()
+
+
+def test_sentinel_conversion_rejects_ragged_rows() -> None:
+    tokens = torch.arange(8).view(2, 4)
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
+    with pytest.raises(ValueError, match="noise_mask"):
+        noise_span_to_sentinel(tokens, mask, FIRST_SENTINEL)
+    with pytest.raises(ValueError, match="noise_mask"):
+        noise_span_to_sentinel(tokens, mask[:, :3], FIRST_SENTINEL)
+
+
+def test_inputs_and_targets_restore_the_ids() -> None:
+    collator = SpanCorruptionCollator(
+        512, eos_id=1, pad_id=0, first_sentinel_id=FIRST_SENTINEL, seed=0
+    )
+    chunks = torch.randint(
+        3, 8000, (64, collator.raw_length), generator=torch.Generator().manual_seed(0)
+    )
+    chunks[:, ::37] = 1  # EOS inside a chunk (document boundaries) is an ordinary token
+    batch = collator(chunks)
+    for row in range(64):
+        restored = fill_in_spans(batch["input_ids"][row], batch["labels"][row], FIRST_SENTINEL)
+        assert restored == chunks[row].tolist()
+
+
+def test_decoded_inputs_and_targets_reconstruct_the_text(tokenizer: Tokenizer) -> None:
+    collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 128, seed=3)
+    documents = [tokenizer.encode(text) for text in itertools.islice(read_documents(), 200)]
+    chunks = list(itertools.islice(collator.pack(documents), 16))
+    batch = collator(torch.stack(chunks))
+    sentinel = re.compile(r"(<extra_id_\d+>)")
+    for chunk, inputs, labels in zip(chunks, batch["input_ids"], batch["labels"]):
+        input_text = tokenizer.decode(inputs)
+        target_text = tokenizer.decode(labels)
+        assert input_text.endswith("</s>") and target_text.endswith("</s>")
+        parts = sentinel.split(target_text.removesuffix("</s>"))
+        assert parts[0] == ""  # the targets start with <extra_id_0>
+        spans = dict(zip(parts[1::2], parts[2::2]))
+        assert list(spans) == [f"<extra_id_{i}>" for i in range(len(spans))]
+        restored = sentinel.sub(
+            lambda m, spans=spans: spans[m.group(1)], input_text.removesuffix("</s>")
+        )
+        assert restored == tokenizer.decode(chunk)
+
+
+def test_sentinels_count_down_from_extra_id_0(tokenizer: Tokenizer) -> None:
+    collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 512, seed=0)
+    chunks = torch.randint(3, 8000, (8, collator.raw_length))
+    batch = collator(chunks)
+    num_spans = noise_span_counts(collator.raw_length)[1]
+    sentinels = [tokenizer.sentinel_id(i) for i in range(num_spans)]
+    for inputs, labels in zip(batch["input_ids"], batch["labels"]):
+        assert [t for t in inputs.tolist() if t >= 8000] == sentinels
+        assert [t for t in labels.tolist() if t >= 8000] == sentinels
+        assert labels[0] == tokenizer.sentinel_id(0) == tokenizer.vocab_size - 1
+
+
+# --- lengths -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs_length, raw_length, targets_length",
+    [(512, 568, 114), (256, 284, 58), (128, 141, 29), (1024, 1137, 229)],
+)
+def test_lengths_table(inputs_length: int, raw_length: int, targets_length: int) -> None:
+    assert compute_input_and_target_lengths(inputs_length, 0.15, 3.0) == (
+        raw_length,
+        targets_length,
+    )
+
+
+@pytest.mark.parametrize("density, mean", [(0.15, 3.0), (0.3, 2.0), (0.5, 3.0), (0.1, 1.0)])
+def test_lengths_are_what_corruption_produces(density: float, mean: float) -> None:
+    def corrupted(raw: int) -> tuple[int, int]:
+        noise, spans = expected_counts(raw, density, mean)
+        return raw - noise + spans + 1, noise + spans + 1
+
+    for inputs_length in range(3, 700, 7):
+        # brute force: the longest raw length whose inputs fit, searched from the bottom
+        raw = max(r for r in range(2, 2 * inputs_length) if corrupted(r)[0] <= inputs_length)
+        if density == 0.5 and corrupted(raw)[1] > inputs_length:  # T5's adjustment
+            raw -= 1
+        assert compute_input_and_target_lengths(inputs_length, density, mean) == (
+            raw,
+            corrupted(raw)[1],
+        )
+
+
+# --- the collator --------------------------------------------------------------------------
+
+
+def make_collator(input_length: int = 128, seed: int | None = 0) -> SpanCorruptionCollator:
+    return SpanCorruptionCollator(
+        input_length, eos_id=1, pad_id=0, first_sentinel_id=FIRST_SENTINEL, seed=seed
+    )
+
+
+def random_documents(count: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 400, (count,), generator=generator).tolist()
+    return [torch.randint(3, 8000, (n,), generator=generator).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("input_length", [64, 128, 512])
+def test_batch_shapes(input_length: int) -> None:
+    collator = make_collator(input_length)
+    batch = next(collator.batches(random_documents(300), batch_size=8))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].shape == (8, input_length)
+    assert batch["attention_mask"].shape == (8, input_length)
+    assert batch["labels"].shape == (8, collator.target_length)
+    assert all(t.dtype == torch.long for t in batch.values())
+    assert (batch["input_ids"][:, -1] == 1).all() and (batch["labels"][:, -1] == 1).all()
+    assert batch["attention_mask"].all() and (batch["labels"] != -100).all()
+
+
+def test_packing_joins_documents_with_eos_and_loses_nothing() -> None:
+    collator = make_collator(64)
+    documents = random_documents(60)
+    documents[3] = documents[3] + [1]  # already ends with EOS: no second one
+    stream = [t for d in documents for t in (d if d[-1] == 1 else d + [1])]
+    batches = list(collator.batches(documents, batch_size=4, drop_last=False))
+    restored = [
+        token
+        for batch in batches
+        for inputs, labels in zip(batch["input_ids"], batch["labels"])
+        for token in fill_in_spans(inputs, labels, FIRST_SENTINEL)
+    ]
+    assert restored == stream
+    full = len(stream) // (4 * collator.raw_length)
+    assert all(b["input_ids"].shape == (4, 64) for b in batches[:full])
+    dropped = list(collator.batches(documents, batch_size=4))
+    assert len(dropped) == full
+
+
+def test_short_chunks_are_padded() -> None:
+    collator = make_collator(128)
+    batch = collator([list(range(3, 3 + collator.raw_length)), list(range(3, 23))])
+    num_noise, num_spans = noise_span_counts(20)
+    short_inputs, short_targets = 20 - num_noise + num_spans + 1, num_noise + num_spans + 1
+    assert batch["attention_mask"][0].all()
+    assert batch["attention_mask"][1].tolist() == [1] * short_inputs + [0] * (128 - short_inputs)
+    assert (batch["input_ids"][1, short_inputs:] == 0).all()
+    assert (batch["labels"][1, short_targets:] == -100).all()
+    assert (batch["labels"][1, :short_targets] != -100).all()
+    assert fill_in_spans(batch["input_ids"][1], batch["labels"][1], FIRST_SENTINEL) == list(
+        range(3, 23)
+    )
+
+
+def test_collator_is_deterministic_under_a_seed() -> None:
+    documents = random_documents(200)
+    first = list(make_collator(seed=5).batches(documents, batch_size=4))
+    again = list(make_collator(seed=5).batches(documents, batch_size=4))
+    other = list(make_collator(seed=6).batches(documents, batch_size=4))
+    assert len(first) == len(again) > 2
+    for a, b in zip(first, again):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(first[0]["input_ids"], other[0]["input_ids"])
+
+
+def test_batches_train_the_reference_model() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.T5Config(
+        vocab_size=FIRST_SENTINEL + 1,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+    )
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    collator = make_collator(64)
+    batch = collator([list(range(3, 3 + collator.raw_length)), list(range(3, 23))])
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    # -100 labels are ignored: the loss equals the loss over the real target positions
+    logits = model(**batch).logits
+    real = batch["labels"] != -100
+    manual = torch.nn.functional.cross_entropy(logits[real], batch["labels"][real])
+    torch.testing.assert_close(loss, manual, atol=1e-6, rtol=1e-6)
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0, -0.1, 1.5])
+def test_noise_density_outside_0_1_is_rejected(density: float) -> None:
+    with pytest.raises(ValueError, match="noise_density"):
+        random_spans_noise_mask(100, noise_density=density)
+    with pytest.raises(ValueError, match="noise_density"):
+        compute_input_and_target_lengths(512, noise_density=density)
+
+
+@pytest.mark.parametrize("mean", [0.5, 0.0, -3.0])
+def test_mean_span_length_below_1_is_rejected(mean: float) -> None:
+    with pytest.raises(ValueError, match="mean_noise_span_length"):
+        random_spans_noise_mask(100, mean_noise_span_length=mean)
+    with pytest.raises(ValueError, match="mean_noise_span_length"):
+        SpanCorruptionCollator(
+            128, eos_id=1, pad_id=0, first_sentinel_id=9, mean_noise_span_length=mean
+        )
+
+
+def test_too_short_sequences_are_rejected() -> None:
+    with pytest.raises(ValueError, match="length=1"):
+        random_spans_noise_mask(1)
+    with pytest.raises(ValueError, match="length=0"):
+        noise_span_counts(0)
+    with pytest.raises(ValueError, match="inputs_length=2"):
+        compute_input_and_target_lengths(2)
+    with pytest.raises(ValueError, match="chunks"):
+        make_collator()([[5]])
+
+
+def test_collator_rejects_bad_batches() -> None:
+    collator = make_collator(64)
+    with pytest.raises(ValueError, match="chunks"):
+        collator([list(range(collator.raw_length + 1))])
+    with pytest.raises(ValueError, match="chunks"):
+        collator([])
+    with pytest.raises(ValueError, match="batch_size"):
+        next(collator.batches(random_documents(5), batch_size=0))
+    with pytest.raises(ValueError, match="num_sentinels"):
+        SpanCorruptionCollator(4096, eos_id=1, pad_id=0, first_sentinel_id=FIRST_SENTINEL)
+
+
+def test_fill_in_spans_rejects_inconsistent_pairs() -> None:
+    with pytest.raises(ValueError, match="target_ids"):
+        fill_in_spans([5, FIRST_SENTINEL - 1, 1], [FIRST_SENTINEL, 6, 1], FIRST_SENTINEL)
+    with pytest.raises(ValueError, match="input_ids"):
+        fill_in_spans([5, FIRST_SENTINEL], [FIRST_SENTINEL, 6, 1], FIRST_SENTINEL)
+
+
+# --- text sources --------------------------------------------------------------------------
+
+
+def test_read_documents_from_the_bundled_corpus() -> None:
+    documents = list(read_documents())
+    assert documents[0] == "First Citizen:\nBefore we proceed any further, hear me speak."
+    assert len(documents) > 7000 and all(d.strip() for d in documents)
+
+
+def test_read_documents_from_local_files(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one\ntwo\n\n\n\nthree\n")
+    rows = [{"text": "a story", "id": 1}, {"text": "  "}, {"text": "another"}]
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as file:
+        file.write(json.dumps({"story": "zipped"}) + "\n")
+    with gzip.open(tmp_path / "d.txt.gz", "wt") as file:
+        file.write("zipped text\n")
+    assert list(read_documents(tmp_path / "a.txt")) == ["one\ntwo", "three"]
+    assert list(read_documents([tmp_path / "b.jsonl", str(tmp_path / "d.txt.gz")])) == [
+        "a story",
+        "another",
+        "zipped text",
+    ]
+    assert list(read_documents(tmp_path / "c.jsonl.gz", text_column="story")) == ["zipped"]
+    with pytest.raises(ValueError, match="text_column='text'"):
+        list(read_documents(tmp_path / "c.jsonl.gz"))
+    with pytest.raises(ValueError, match="paths"):
+        list(read_documents(tmp_path / "missing.txt"))
+
+
+def test_load_hf_documents_needs_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    with pytest.raises(ImportError, match="pip install datasets"):
+        load_hf_documents("allenai/c4", "en")
+
+
+def test_load_hf_documents_streams_a_dataset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A stand-in for the `datasets` package that serves a local JSON-lines file, as
+    # datasets.load_dataset("json", data_files=...) would.
+    path = tmp_path / "stories.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in ["Once.", "", "Twice."]))
+    calls = []
+
+    def load_dataset(name, config=None, **kwargs):
+        calls.append((name, config, kwargs))
+        return (json.loads(line) for line in path.read_text().splitlines())
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    documents = load_hf_documents("json", data_files=str(path), split="validation")
+    assert list(documents) == ["Once.", "Twice."]
+    assert calls == [
+        ("json", None, {"split": "validation", "streaming": True, "data_files": str(path)})
+    ]
+    assert list(documents_from_rows([{"body": "x"}], text_column="body")) == ["x"]
+
+
+def test_dataset_streams_batches_through_a_dataloader(tokenizer: Tokenizer) -> None:
+    collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 128, seed=0)
+    dataset = SpanCorruptionDataset(
+        lambda: itertools.islice(read_documents(), 400), tokenizer, collator, batch_size=8
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None)
+    first = list(loader)
+    assert len(first) >= 3
+    assert all(b["input_ids"].shape == (8, 128) and b["labels"].shape == (8, 29) for b in first)
+    second = list(loader)  # a callable source gives a fresh pass each epoch
+    assert len(second) == len(first)
+    # the token stream is the documents' in order
+    stream = [t for text in itertools.islice(read_documents(), 400) for t in tokenizer.encode(text)]
+    restored = [
+        token
+        for inputs, labels in zip(first[0]["input_ids"], first[0]["labels"])
+        for token in fill_in_spans(inputs, labels, tokenizer.sentinel_id(0))
+    ]
+    assert restored == stream[: len(restored)]
+
+
+def test_dataloader_workers_share_the_documents(tokenizer: Tokenizer) -> None:
+    collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 64, seed=0)
+    texts = [f"document number {i} says {'la ' * (i % 7)}" for i in range(200)]
+    dataset = SpanCorruptionDataset(texts, tokenizer, collator, batch_size=2, drop_last=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
+    seen = []
+    for batch in loader:
+        for inputs, labels in zip(batch["input_ids"], batch["labels"]):
+            seen.extend(fill_in_spans(inputs, labels, tokenizer.sentinel_id(0)))
+    everything = Counter(t for text in texts for t in tokenizer.encode(text))
+    # every document once, none twice (each worker may drop a last chunk of one token,
+    # which is too short to corrupt)
+    assert not Counter(seen) - everything
+    assert (everything - Counter(seen)).total() <= 2

@@ -257,7 +257,7 @@ class SpanCorruptionCollator:
         mean_noise_span_length: float = 3.0,
         seed: int | None = None,
     ) -> None:
-        """Batches whose inputs hold `input_length` tokens; `seed` makes the noise repeatable."""
+        """Corrupt to `input_length` tokens; `seed` fixes the noise (default: torch's global RNG)."""
         self.raw_length, self.target_length = compute_input_and_target_lengths(
             input_length, noise_density, mean_noise_span_length
         )
@@ -273,7 +273,9 @@ class SpanCorruptionCollator:
         self.noise_density = noise_density
         self.mean_noise_span_length = mean_noise_span_length
         self.generator = torch.Generator()
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:  # drawn from the global RNG, so torch.manual_seed still governs it
+            seed = int(torch.randint(0, 2**62, ()).item())
+        self.generator.manual_seed(seed)
 
     @classmethod
     def from_tokenizer(

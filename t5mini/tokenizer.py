@@ -191,6 +191,8 @@ class Tokenizer:
             texts = [texts]
         if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"texts: expected a str or a list of str, got {type(texts).__name__}")
+        if not texts:
+            raise ValueError("texts is empty; expected at least one string")
         if padding not in (True, False, "longest", "max_length", "do_not_pad"):
             raise ValueError(
                 f"padding={padding!r}; expected True, False, 'longest', 'max_length' or 'do_not_pad'"

@@ -260,6 +260,8 @@ def test_bad_input_errors(tokenizer: Tokenizer, tmp_path: Path) -> None:
         tokenizer.encode(["a"])
     with pytest.raises(TypeError, match="list of str"):
         tokenizer(["a", 3])
+    with pytest.raises(ValueError, match="texts is empty"):
+        tokenizer([])
     with pytest.raises(ValueError, match="padding='left'"):
         tokenizer(TEXTS, padding="left")
     with pytest.raises(ValueError, match="truncation=True needs a max_length"):

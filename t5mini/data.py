@@ -188,7 +188,7 @@ def _open_text(path: Path) -> Any:
 def read_documents(
     paths: str | Path | Iterable[str | Path] | None = None, text_column: str = "text"
 ) -> Iterator[str]:
-    """Documents from text files: blank-line separated in `.txt`, one JSON object a line in `.jsonl`."""
+    """Documents from `.txt` files (blank-line separated) or `.jsonl` files (a JSON row a line)."""
     if paths is None:
         paths = [bundled_corpus()]
     elif isinstance(paths, (str, Path)):
@@ -212,7 +212,7 @@ def read_documents(
 
 
 def documents_from_rows(rows: Iterable[dict[str, Any]], text_column: str = "text") -> Iterator[str]:
-    """The texts of dataset rows (dicts, such as a `datasets` dataset yields), skipping empty ones."""
+    """The texts of dataset rows (dicts, as `datasets` yields them), skipping empty ones."""
     for row in rows:
         if text_column not in row:
             raise ValueError(
@@ -231,7 +231,7 @@ def load_hf_documents(
     streaming: bool = True,
     **load_kwargs: Any,
 ) -> Iterator[str]:
-    """Documents from a Hugging Face `datasets` dataset (such as `allenai/c4`), streamed by default."""
+    """The texts of a Hugging Face `datasets` dataset (such as `allenai/c4`), streamed."""
     try:
         datasets = importlib.import_module("datasets")
     except ImportError as error:
@@ -257,7 +257,7 @@ class SpanCorruptionCollator:
         mean_noise_span_length: float = 3.0,
         seed: int | None = None,
     ) -> None:
-        """Corrupt to `input_length` tokens; `seed` fixes the noise (default: torch's global RNG)."""
+        """Corrupt to `input_length` tokens; `seed` fixes the noise (default: from torch's RNG)."""
         self.raw_length, self.target_length = compute_input_and_target_lengths(
             input_length, noise_density, mean_noise_span_length
         )
@@ -345,7 +345,7 @@ class SpanCorruptionCollator:
             yield torch.tensor(buffer, dtype=torch.long)  # (< size,)
 
     def pack(self, documents: Iterable[Sequence[int]]) -> Iterator[torch.Tensor]:
-        """Join tokenised documents with EOS and cut raw chunks of `raw_length` (the last may be shorter)."""
+        """Join tokenised documents with EOS; cut `raw_length` chunks (the last may be shorter)."""
         return self._blocks(documents, self.raw_length)
 
     def batches(
@@ -381,7 +381,7 @@ class SpanCorruptionDataset(torch.utils.data.IterableDataset):
         self.batch_size, self.drop_last = batch_size, drop_last
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """One pass over the documents; DataLoader workers share them out and draw their own noise."""
+        """One pass over the documents; DataLoader workers split them and draw their own noise."""
         documents = self.documents() if callable(self.documents) else self.documents
         collator = self.collator
         worker = torch.utils.data.get_worker_info()

@@ -309,22 +309,26 @@ class SpanCorruptionCollator:
     def __call__(self, chunks: torch.Tensor | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Corrupt a batch of raw chunks (at most `raw_length` tokens each) into padded tensors."""
         if isinstance(chunks, torch.Tensor):
-            rows = list(chunks) if chunks.dim() == 2 else [chunks]
+            chunks = chunks.long().view(-1, chunks.shape[-1])  # (batch, length)
+            lengths = [chunks.shape[1]] * chunks.shape[0]
         else:
-            rows = [torch.as_tensor(chunk, dtype=torch.long) for chunk in chunks]
-        lengths = [len(row) for row in rows]
-        if not rows or not all(2 <= n <= self.raw_length for n in lengths):
+            chunks = [torch.as_tensor(chunk, dtype=torch.long) for chunk in chunks]
+            lengths = [len(chunk) for chunk in chunks]
+        if not lengths or not all(2 <= n <= self.raw_length for n in lengths):
             raise ValueError(
                 f"chunks: expected a non-empty batch of chunks of 2 to {self.raw_length} tokens "
                 f"(raw_length), got lengths {sorted(set(lengths))}"
             )
-        batch_size = len(rows)
+        batch_size = len(lengths)
         input_ids = torch.full((batch_size, self.input_length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros(batch_size, self.input_length, dtype=torch.long)
         labels = torch.full((batch_size, self.target_length), -100, dtype=torch.long)
-        for length in sorted(set(lengths), reverse=True):  # full chunks first, in one go
+        for length in sorted(set(lengths), reverse=True):  # equal lengths together, in one go
             index = torch.tensor([i for i, n in enumerate(lengths) if n == length])
-            tokens = torch.stack([rows[i] for i in index.tolist()]).long()  # (group, length)
+            if isinstance(chunks, torch.Tensor):
+                tokens = chunks  # (batch, length): all rows already the same length
+            else:
+                tokens = torch.stack([chunks[i] for i in index.tolist()])  # (group, length)
             inputs, targets = self.corrupt(tokens)
             input_ids[index, : inputs.shape[1]] = inputs
             attention_mask[index, : inputs.shape[1]] = 1

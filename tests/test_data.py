@@ -292,6 +292,20 @@ def test_short_chunks_are_padded() -> None:
     )
 
 
+def test_tensor_chunks_of_any_width() -> None:
+    collator = make_collator(128)
+    short = torch.arange(3, 63).view(3, 20)  # three chunks of 20 tokens, as one tensor
+    batch = collator(short)
+    num_noise, num_spans = noise_span_counts(20)
+    assert batch["input_ids"].shape == (3, 128) and batch["labels"].shape == (3, 29)
+    assert (batch["attention_mask"].sum(dim=1) == 20 - num_noise + num_spans + 1).all()
+    for row in range(3):
+        restored = fill_in_spans(batch["input_ids"][row], batch["labels"][row], FIRST_SENTINEL)
+        assert restored == short[row].tolist()
+    single = collator(torch.arange(3, 3 + collator.raw_length))  # one chunk, 1-D
+    assert single["input_ids"].shape == (1, 128) and single["attention_mask"].all()
+
+
 def test_collator_is_deterministic_under_a_seed() -> None:
     documents = random_documents(200)
     first = list(make_collator(seed=5).batches(documents, batch_size=4))

@@ -30,7 +30,7 @@ check: install
 
 test: install
 	$(MAKE) --no-print-directory check
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 --timeout=900
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --timeout=900
 
 book: install export
 	rm -rf book/_static/mathjax

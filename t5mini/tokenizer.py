@@ -20,12 +20,12 @@ SHIPPED_MODEL_SENTENCEPIECE_VERSION = "0.2.3"
 
 def bundled_corpus() -> Path:
     """Path of the Tiny Shakespeare corpus shipped inside the package."""
-    return Path(str(resources.files("t5mini") / "data" / "tinyshakespeare.txt"))
+    return Path(str(resources.files("t5mini") / "assets" / "tinyshakespeare.txt"))
 
 
 def shipped_model() -> Path:
-    """Path of the SentencePiece model shipped inside the package (``t5mini/data/spiece.model``)."""
-    return Path(str(resources.files("t5mini") / "data" / "spiece.model"))
+    """Path of the SentencePiece model shipped inside the package (``t5mini/assets/spiece.model``)."""
+    return Path(str(resources.files("t5mini") / "assets" / "spiece.model"))
 
 
 def _corpus_lines(paths: Sequence[Path]) -> Iterator[str]:

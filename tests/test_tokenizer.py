@@ -70,8 +70,8 @@ def corpus_lines() -> list[str]:
 
 def test_shipped_model_is_package_data(tokenizer: Tokenizer) -> None:
     package_dir = Path(t5mini.__file__).resolve().parent
-    assert shipped_model().resolve() == package_dir / "data" / "spiece.model"
-    data = importlib.resources.files("t5mini").joinpath("data", "spiece.model").read_bytes()
+    assert shipped_model().resolve() == package_dir / "assets" / "spiece.model"
+    data = importlib.resources.files("t5mini").joinpath("assets", "spiece.model").read_bytes()
     assert tokenizer.model_file == shipped_model()
     assert tokenizer.sp.serialized_model_proto() == data
     assert t5mini.Tokenizer is Tokenizer

@@ -1,0 +1,274 @@
+"""The full model against transformers' T5ForConditionalGeneration, and its own contracts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from t5mini.config import PRESETS, T5Config
+from t5mini.model import T5ForConditionalGeneration, shift_right
+from tests.reference import copy_hf_weights, hf_model
+
+SMALL = dict(vocab_size=160, d_model=32, d_kv=8, d_ff=48, num_heads=4, dropout_rate=0.1)
+V10 = dict(**SMALL, num_layers=2, feed_forward_proj="relu", tie_word_embeddings=True)
+V11 = dict(
+    **SMALL,
+    num_layers=2,
+    num_decoder_layers=3,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(2, 160, (3, 11), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    for row, length in enumerate((11, 7, 3)):
+        input_ids[row, length:] = 0
+        attention_mask[row, length:] = 0
+    input_ids[:, [0]] = torch.tensor([[5], [6], [7]])
+    labels = torch.randint(2, 160, (3, 6), generator=g)
+    labels[1, 4:] = -100
+    labels[2, 2:] = -100
+    return input_ids, attention_mask, labels
+
+
+def _pair(config_kwargs, implementation="sdpa"):
+    config = T5Config(**config_kwargs, attn_implementation=implementation)
+    hf = hf_model(config)
+    model = T5ForConditionalGeneration(config).eval()
+    copy_hf_weights(hf, model)
+    return model, hf
+
+
+@pytest.mark.parametrize("style", ["v1.0", "v1.1"])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_logits_and_loss_match_reference(style, implementation) -> None:
+    model, hf = _pair(V10 if style == "v1.0" else V11, implementation)
+    input_ids, attention_mask, labels = _batch()
+    decoder_attention_mask = (labels != -100).long()
+    with torch.no_grad():
+        expected = hf(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            decoder_attention_mask=decoder_attention_mask,
+        )
+        out = model(
+            input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            decoder_attention_mask=decoder_attention_mask,
+        )
+    scale = expected.logits.abs().max()
+    torch.testing.assert_close(
+        out.encoder_last_hidden_state, expected.encoder_last_hidden_state, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(out.logits / scale, expected.logits / scale, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    # without a decoder mask too (causal only), and with explicit decoder_input_ids
+    with torch.no_grad():
+        dec = hf._shift_right(labels)
+        expected = hf(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=dec)
+        out = model(input_ids, attention_mask=attention_mask, decoder_input_ids=dec)
+    torch.testing.assert_close(out.logits / scale, expected.logits / scale, atol=1e-6, rtol=1e-5)
+    assert out.loss is None
+
+
+def test_gradients_match_reference() -> None:
+    model, hf = _pair(V11)
+    input_ids, attention_mask, labels = _batch()
+    model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    hf(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    ours = dict(model.named_parameters())
+    torch.testing.assert_close(
+        ours["encoder.blocks.1.feed_forward.wi_0.weight"].grad,
+        hf.encoder.block[1].layer[1].DenseReluDense.wi_0.weight.grad,
+        atol=1e-6,
+        rtol=1e-4,
+    )
+    torch.testing.assert_close(
+        ours["decoder.relative_position_bias.embedding.weight"].grad,
+        hf.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.grad,
+        atol=1e-6,
+        rtol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("style", ["v1.0", "v1.1"])
+def test_cache_decoding_equals_full_decode(style) -> None:
+    model, hf = _pair(V10 if style == "v1.0" else V11)
+    input_ids, attention_mask, labels = _batch()
+    decoder_input_ids = shift_right(labels)
+    with torch.no_grad():
+        states = model.encode(input_ids, attention_mask)
+        full = model.decode(decoder_input_ids, states, attention_mask)
+        reference = hf(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids
+        ).logits
+        cache = model.init_cache(states, attention_mask, max_length=10)
+        assert cache.length == 0 and cache.max_length == 10
+        pieces = [model.decode(decoder_input_ids[:, :2], states, cache=cache)]  # a 2-token chunk
+        assert cache.length == 2
+        for t in range(2, 6):
+            pieces.append(model.decode(decoder_input_ids[:, t : t + 1], states, cache=cache))
+    stepped = torch.cat(pieces, 1)
+    assert cache.length == 6
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stepped, reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_length=10"):
+        model.decode(torch.zeros(3, 5, dtype=torch.long), states, cache=cache)
+
+
+def test_cache_reorder() -> None:
+    model, _ = _pair(V11)
+    input_ids, attention_mask, labels = _batch()
+    dec = shift_right(labels)
+    index = torch.tensor([2, 0, 0, 1])
+    with torch.no_grad():
+        states = model.encode(input_ids, attention_mask)
+        cache = model.init_cache(states, attention_mask, max_length=6)
+        model.decode(dec[:, :3], states, cache=cache)
+        cache.reorder(index)
+        last = model.decode(dec[index, 3:4], states[index], cache=cache)
+        expected = model.decode(dec[index, :4], states[index], attention_mask[index])[:, 3:]
+    torch.testing.assert_close(last, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_eager_equals_sdpa_values_and_gradients() -> None:
+    input_ids, attention_mask, labels = _batch()
+    results = {}
+    # no dropout: the two kernels draw attention-dropout masks differently
+    for implementation in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = T5ForConditionalGeneration(
+            T5Config(**{**V11, "dropout_rate": 0.0}, attn_implementation=implementation)
+        )
+        out = model(input_ids, attention_mask=attention_mask, labels=labels)
+        out.loss.backward()
+        results[implementation] = (out.logits.detach(), [p.grad for p in model.parameters()])
+    torch.testing.assert_close(results["eager"][0], results["sdpa"][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results["eager"][1], results["sdpa"][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_same_gradients() -> None:
+    input_ids, attention_mask, labels = _batch()
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = T5ForConditionalGeneration(
+            T5Config(**V10, gradient_checkpointing=checkpointing)
+        ).train()
+        torch.manual_seed(3)
+        model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+PUBLISHED = {
+    "t5-small": 60_506_624,
+    "t5-base": 222_903_552,
+    "t5-large": 737_668_096,
+    "t5-v1_1-small": 76_961_152,
+    "t5-v1_1-base": 247_577_856,
+    "mt5-small": 300_176_768,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts(name) -> None:
+    config = T5Config.preset(name)
+    with torch.device("meta"):
+        ours = T5ForConditionalGeneration(config).num_parameters()
+    if name in PUBLISHED:
+        assert ours == PUBLISHED[name]
+    if name in (
+        "t5-small",
+        "t5-v1_1-small",
+        "tiny",
+    ):  # the reference agrees (small enough to build)
+        hf_config = transformers.T5Config(
+            **{k: v for k, v in config.to_dict().items() if k in transformers.T5Config().to_dict()}
+        )
+        with torch.device("meta"):
+            hf = transformers.T5ForConditionalGeneration(hf_config)
+        extra = 0 if config.tie_word_embeddings else config.vocab_size * config.d_model
+        assert ours == sum(p.numel() for p in hf.parameters()) + extra  # hf ties lm_head at init
+
+
+def test_initialisation_stds() -> None:
+    config = T5Config(**{**V11, "d_model": 128, "d_ff": 512, "vocab_size": 2000})
+    model = T5ForConditionalGeneration(config)
+    block = model.encoder.blocks[0]
+    for weight, expected in (
+        (model.embedding.weight, 1.0),
+        (block.self_attention.q.weight, (128 * 8) ** -0.5),
+        (block.self_attention.k.weight, 128**-0.5),
+        (block.self_attention.o.weight, 32**-0.5),
+        (block.feed_forward.wi_1.weight, 128**-0.5),
+        (block.feed_forward.wo.weight, 512**-0.5),
+        (model.lm_head.weight, 128**-0.5),
+    ):
+        assert abs(weight.std().item() / expected - 1) < 0.1
+    assert torch.equal(block.feed_forward_norm.weight, torch.ones(128))
+
+
+def test_input_errors() -> None:
+    model = T5ForConditionalGeneration(T5Config(**V10))
+    input_ids, attention_mask, labels = _batch()
+    too_big = input_ids.clone()
+    too_big[1, 2] = 160
+    with pytest.raises(ValueError, match=r"input_ids contains 160, outside .*\[0, 160\)"):
+        model(too_big, labels=labels)
+    too_big[1, 2] = -3
+    with pytest.raises(ValueError, match="input_ids contains -3"):
+        model(too_big, labels=labels)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(3, 10\)"):
+        model(input_ids, attention_mask=attention_mask[:, 1:], labels=labels)
+    with pytest.raises(ValueError, match="decoder_attention_mask"):
+        model(input_ids, labels=labels, decoder_attention_mask=torch.ones(3, 2))
+    with pytest.raises(ValueError, match="labels contains 999"):
+        model(input_ids, labels=torch.full((3, 2), 999))
+    with pytest.raises(TypeError, match="input_ids"):
+        model(input_ids.float(), labels=labels)
+    with pytest.raises(ValueError, match="decoder_input_ids or labels"):
+        model(input_ids)
+    with pytest.raises(ValueError, match="max_length"):
+        model.init_cache(torch.zeros(3, 11, 32))
+
+
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        (dict(d_model=0), "d_model"),
+        (dict(num_heads=-1), "num_heads"),
+        (dict(d_ff=3.5), "d_ff"),
+        (dict(num_decoder_layers=0), "num_decoder_layers"),
+        (dict(feed_forward_proj="gated-swish"), "feed_forward_proj"),
+        (dict(relative_attention_max_distance=16), "relative_attention_max_distance"),
+        (
+            dict(relative_attention_num_buckets=64, relative_attention_max_distance=32),
+            "max_distance",
+        ),
+        (dict(dropout_rate=1.0), "dropout_rate"),
+        (dict(pad_token_id=40000), "pad_token_id"),
+        (dict(attn_implementation="flash"), "attn_implementation"),
+    ],
+)
+def test_config_validation(bad, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        T5Config(**bad)
+
+
+def test_config_from_transformers_dict() -> None:
+    for kwargs in (V10, V11):
+        ours = T5Config(**kwargs)
+        hf = hf_model(ours).config
+        back = T5Config.from_dict(hf.to_dict())
+        assert back == ours
+    assert T5Config.from_dict({"num_layers": 3}).num_decoder_layers == 3
+    with pytest.raises(ValueError, match="unknown preset"):
+        T5Config.preset("t5-xxl-imaginary")

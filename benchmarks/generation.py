@@ -4,8 +4,14 @@ Both sides decode greedily, batch 1, a 64-token source, 128 new tokens, with and
 the KV cache, for the `tiny` preset's shape and for t5-small's. Both must do the same work,
 so the EOS row of the head is zeroed on both (its logit is then 0, below the maximum of
 thousands of random logits), every run is checked to produce all 128 tokens, and the two
-outputs are checked to be identical. Prints JSON; the goal (t5mini at least 3x transformers
-with the cache, tiny shape) is a ratio measured in the same run.
+outputs are checked to be identical. The contenders take turns, round after round, and the
+best round of each counts, so that other work on the machine disturbs them alike.
+
+Also timed: the floor that no decoding loop can beat, a loop doing nothing but each step's
+matrix-vector products with the model's weights (at batch 1 a step streams every decoder
+weight from memory once), in nn.Linear's (out, in) layout and transposed to (in, out),
+which this CPU's BLAS streams faster. Prints JSON; the goal (t5mini at least 3x
+transformers with the cache, tiny shape) is a ratio measured in the same run.
 
     python benchmarks/generation.py [--repeats 5] [--threads 1] [--quick]
 """
@@ -47,16 +53,22 @@ def build(shape: str, seed: int = 0):
     return reference, from_hf(reference).eval()
 
 
-def tokens_per_second(run, new_tokens: int, repeats: int) -> tuple[float, torch.Tensor]:
-    """Best-of-`repeats` tokens/s of `run()` (after one warm-up run), and its output."""
-    out = run()
-    times = []
+def interleaved_best(runs: dict, repeats: int, warm_up: bool = True) -> dict[str, float]:
+    """Best seconds of each run over `repeats` rounds, the runs taking turns within a round.
+
+    Taking turns means a burst of other work on the machine slows every contender in its
+    round alike, and the best round of each is the one least disturbed.
+    """
+    if warm_up:
+        for run in runs.values():
+            run()
+    best = {name: float("inf") for name in runs}
     for _ in range(repeats):
-        started = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - started)
-    assert out.shape[1] == 1 + new_tokens, f"stopped early: {tuple(out.shape)}"
-    return new_tokens / min(times), out
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
 
 
 def decoder_weights(model) -> list[torch.Tensor]:
@@ -71,25 +83,23 @@ def decoder_weights(model) -> list[torch.Tensor]:
     return weights + [head.weight]
 
 
-def matmul_floor(model, new_tokens: int, repeats: int, transposed: bool) -> float:
-    """Tokens/s of a loop doing only a step's matrix-vector products (the memory-bound floor).
+def matmul_floor(model, new_tokens: int, transposed: bool):
+    """A loop doing only each step's matrix-vector products: the memory-bound floor.
 
     `transposed=False` multiplies as `nn.Linear` does, by the (out, in) weights; `True` by
-    contiguous (in, out) copies, a layout that this CPU's BLAS streams faster for one row.
+    contiguous (in, out) copies, a layout this CPU's BLAS streams faster for a single row.
     """
     weights = decoder_weights(model)
     if transposed:
         weights = [w.t().contiguous() for w in weights]
     inputs = [torch.randn(1, w.shape[0] if transposed else w.shape[1]) for w in weights]
 
-    def run() -> torch.Tensor:
+    def run() -> None:
         for _ in range(new_tokens):
             for x, w in zip(inputs, weights):
                 _ = x @ w if transposed else torch.nn.functional.linear(x, w)
-        return torch.zeros(1, 1 + new_tokens)
 
-    with torch.inference_mode():
-        return tokens_per_second(run, new_tokens, repeats)[0]
+    return run
 
 
 def measure(shape: str, src_len: int, new_tokens: int, repeats: int) -> dict:
@@ -97,42 +107,48 @@ def measure(shape: str, src_len: int, new_tokens: int, repeats: int) -> dict:
     reference, model = build(shape)
     input_ids = torch.randint(2, SHAPES[shape]["vocab_size"], (1, src_len),
                               generator=torch.Generator().manual_seed(1))  # fmt: skip
-    result: dict = {}
-    for use_cache in (True, False):
-        tag = "cache" if use_cache else "no_cache"
-        n = repeats if use_cache else max(1, repeats // 2)
-        with torch.inference_mode():
-            ours, our_ids = tokens_per_second(
-                lambda use_cache=use_cache: model.generate(
-                    input_ids, max_new_tokens=new_tokens, use_cache=use_cache
-                ),
-                new_tokens,
-                n,
+    outputs: dict = {}
+
+    def generate(name: str, owner, use_cache: bool):
+        def run() -> None:
+            outputs[name] = owner.generate(
+                input_ids, max_new_tokens=new_tokens, use_cache=use_cache
             )
-            theirs, their_ids = tokens_per_second(
-                lambda use_cache=use_cache: reference.generate(
-                    input_ids, max_new_tokens=new_tokens, use_cache=use_cache
-                ),
-                new_tokens,
-                n,
-            )
-        if not torch.equal(our_ids, their_ids):
-            raise AssertionError(f"{shape}, use_cache={use_cache}: outputs differ")
-        result[f"t5mini_{tag}_tok_s"] = round(ours, 1)
-        result[f"transformers_{tag}_tok_s"] = round(theirs, 1)
-        result[f"ratio_{tag}"] = round(ours / theirs, 3)
-    # What no loop can beat: the step's matrix-vector products alone (weights streamed from
-    # memory once per token), as nn.Linear lays them out and transposed.
-    floor = matmul_floor(model, new_tokens, repeats, transposed=False)
-    floor_transposed = matmul_floor(model, new_tokens, repeats, transposed=True)
-    result["matmul_floor_tok_s"] = round(floor, 1)
-    result["matmul_floor_transposed_tok_s"] = round(floor_transposed, 1)
-    result["best_possible_ratio_cache"] = round(floor / result["transformers_cache_tok_s"], 3)
-    result["best_possible_ratio_cache_transposed"] = round(
-        floor_transposed / result["transformers_cache_tok_s"], 3
-    )
+
+        return run
+
+    with torch.inference_mode():
+        seconds = interleaved_best(
+            {
+                "t5mini_cache": generate("t5mini_cache", model, True),
+                "transformers_cache": generate("transformers_cache", reference, True),
+                "matmul_floor": matmul_floor(model, new_tokens, transposed=False),
+                "matmul_floor_transposed": matmul_floor(model, new_tokens, transposed=True),
+            },
+            repeats,
+        )
+        # without the cache a run is long (quadratic): fewer rounds, no warm-up
+        seconds |= interleaved_best(
+            {
+                "t5mini_no_cache": generate("t5mini_no_cache", model, False),
+                "transformers_no_cache": generate("transformers_no_cache", reference, False),
+            },
+            max(1, repeats // 3),
+            warm_up=False,
+        )
+    for use_cache in ("cache", "no_cache"):
+        ours, theirs = outputs[f"t5mini_{use_cache}"], outputs[f"transformers_{use_cache}"]
+        if ours.shape[1] != 1 + new_tokens or not torch.equal(ours, theirs):
+            raise AssertionError(f"{shape}, {use_cache}: outputs differ or stopped early")
+    tok_s = {name: new_tokens / s for name, s in seconds.items()}
+    result = {f"{name}_tok_s": round(value, 1) for name, value in tok_s.items()}
+    for tag in ("cache", "no_cache"):
+        result[f"ratio_{tag}"] = round(tok_s[f"t5mini_{tag}"] / tok_s[f"transformers_{tag}"], 3)
+    # what no loop can beat: the step's matrix-vector products alone, in both layouts
+    for tag in ("matmul_floor", "matmul_floor_transposed"):
+        result[f"best_possible_ratio_{tag}"] = round(tok_s[tag] / tok_s["transformers_cache"], 3)
     result["t5mini_cache_speedup_over_no_cache"] = round(
-        result["t5mini_cache_tok_s"] / result["t5mini_no_cache_tok_s"], 2
+        tok_s["t5mini_cache"] / tok_s["t5mini_no_cache"], 2
     )
     return result
 

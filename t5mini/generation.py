@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _is_number(value: Any) -> bool:
-    """A real number (int or float, not bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _is_finite_number(value: Any) -> bool:
+    """A finite real number (int or float, not bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -43,22 +44,20 @@ class GenerationSettings:
         for name in ("do_sample", "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.do_sample and not (_is_number(self.temperature) and 0 < self.temperature < 1e30):
+        if self.do_sample and not (_is_finite_number(self.temperature) and self.temperature > 0):
             raise ValueError(
                 f"temperature must be a finite number > 0 when do_sample=True, "
                 f"got {self.temperature!r}"
             )
-        if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+        if not (_is_finite_number(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (_is_number(self.repetition_penalty) and 0 < self.repetition_penalty < 1e30):
+        if not (_is_finite_number(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ValueError(
                 f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}"
             )
-        if not (_is_number(self.length_penalty) and abs(self.length_penalty) < 1e30):
+        if not _is_finite_number(self.length_penalty):
             raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
-        if self.early_stopping not in (True, False, "never") or not isinstance(
-            self.early_stopping, (bool, str)
-        ):
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ValueError(
                 f"early_stopping must be True, False or 'never', got {self.early_stopping!r}"
             )

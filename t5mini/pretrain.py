@@ -61,7 +61,7 @@ def pretrain_settings(size: str | None = None) -> PretrainSettings:
     if size == "full":  # the `tiny` preset at T5's sequence lengths
         return PretrainSettings(
             size, T5Config.preset("tiny", dropout_rate=0.0), input_length=512,
-            batch_size=64, num_steps=4000, warmup_steps=1000, log_every=250, eval_every=500,
+            batch_size=32, num_steps=3000, warmup_steps=1000, log_every=100, eval_every=250,
         )  # fmt: skip
     config = T5Config.preset("tiny", d_model=128, d_ff=512, num_layers=2, num_heads=4,
                              dropout_rate=0.0)  # fmt: skip

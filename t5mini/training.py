@@ -367,7 +367,8 @@ class Trainer:
         stats = {"step": self.global_step, "loss": loss_sum.item(), "lr": lr,
                  "grad_norm": grad_norm.item()}  # fmt: skip
         seconds = time.perf_counter() - start  # .item() above waited for the GPU
-        tokens = int(batch["attention_mask"].sum()) + total
+        inputs = batch.get("attention_mask", batch.get("input_ids"))
+        tokens = (0 if inputs is None else int((inputs != 0).sum())) + total  # non-pad tokens
         stats |= {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
         self.history.append(stats)
         return stats

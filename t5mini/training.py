@@ -123,22 +123,22 @@ class Adafactor(torch.optim.Optimizer):
                 lr = group["lr"]
                 if group["relative_step"]:
                     lr = self.relative_step_size(step, group["warmup_init"])
-                if group["scale_parameter"]:
-                    lr = lr * max(eps2, _rms(weights).item())
+                if group["scale_parameter"]:  # a 0-d tensor: no wait for the GPU
+                    lr = _rms(weights).clamp(min=eps2) * lr
 
                 beta2 = 1.0 - step ** group["decay_rate"]
-                grad_sq = grad**2 + eps1
+                grad_sq = grad.square().add_(eps1)
                 if factored:
                     row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
                     row.mul_(beta2).add_(grad_sq.mean(dim=-1), alpha=1.0 - beta2)
                     col.mul_(beta2).add_(grad_sq.mean(dim=-2), alpha=1.0 - beta2)
                     # 1/sqrt(v_hat) with v_hat = R C / mean(R): (..., n, 1) * (..., 1, m)
                     row_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
-                    update = row_factor * col.unsqueeze(-2).rsqrt() * grad
+                    update = torch.mul(row_factor, col.unsqueeze(-2).rsqrt()).mul_(grad)
                 else:
                     exp_avg_sq = state["exp_avg_sq"]
                     exp_avg_sq.mul_(beta2).add_(grad_sq, alpha=1.0 - beta2)
-                    update = exp_avg_sq.rsqrt() * grad
+                    update = exp_avg_sq.rsqrt().mul_(grad)
                 update.div_((_rms(update) / group["clip_threshold"]).clamp(min=1.0))
                 update.mul_(lr)
                 if group["beta1"] is not None:
@@ -146,7 +146,7 @@ class Adafactor(torch.optim.Optimizer):
                     exp_avg.mul_(group["beta1"]).add_(update, alpha=1.0 - group["beta1"])
                     update = exp_avg
                 if group["weight_decay"] != 0.0:
-                    weights.add_(weights, alpha=-group["weight_decay"] * lr)
+                    weights.add_(weights * lr, alpha=-group["weight_decay"])
                 weights.sub_(update)
                 if weights is not param:
                     param.copy_(weights)

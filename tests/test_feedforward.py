@@ -50,7 +50,8 @@ def test_keep_wo_in_fp32_and_clamp() -> None:
     assert ff.wo.weight.dtype == torch.float32 and ff.wi_1.weight.dtype == torch.float16
     out = ff(x.half())
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+    # fp16 inputs to wi cost ~3 significant digits (observed error ~2e-4 on outputs ~0.35)
+    torch.testing.assert_close(out, expected, atol=1e-3, rtol=1e-3)
     big = torch.tensor([float("inf"), -float("inf"), 3.0]).half()
     assert torch.isfinite(clamp_fp16(big)).all() and clamp_fp16(big)[2] == 3.0
     assert torch.equal(clamp_fp16(torch.tensor([1e30])), torch.tensor([1e30]))

@@ -49,6 +49,26 @@ def hf_to_t5mini_names(config: T5Config) -> dict[str, str]:
     return names
 
 
+def config_from_hf(hf_config: Any) -> T5Config:
+    """A t5mini ``T5Config`` from a ``transformers.T5Config``, field for field."""
+    values = hf_config.to_dict()
+    values.setdefault("decoder_start_token_id", getattr(hf_config, "decoder_start_token_id", 0))
+    if values["decoder_start_token_id"] is None:
+        values["decoder_start_token_id"] = values.get("pad_token_id", 0) or 0
+    return T5Config.from_dict(values)
+
+
+def config_to_hf(config: T5Config) -> Any:
+    """A ``transformers.T5Config`` with the same fields (transformers must be installed)."""
+    import transformers
+
+    fields = transformers.T5Config().to_dict()
+    values = {k: v for k, v in config.to_dict().items() if k in fields}
+    hf_config = transformers.T5Config(**values)
+    hf_config.decoder_start_token_id = config.decoder_start_token_id
+    return hf_config
+
+
 class StateDictMismatch(ValueError):
     """A state dict that does not fit the model: lists every missing, unexpected and misshapen key."""
 
@@ -112,26 +132,6 @@ def load_hf_state_dict(
     """Load a transformers T5 state dict into ``model`` (all keys checked first); returns it."""
     model.load_state_dict(_renamed(model, state_dict), strict=True)
     return model
-
-
-def config_from_hf(hf_config: Any) -> T5Config:
-    """A t5mini ``T5Config`` from a ``transformers.T5Config``, field for field."""
-    values = hf_config.to_dict()
-    values.setdefault("decoder_start_token_id", getattr(hf_config, "decoder_start_token_id", 0))
-    if values["decoder_start_token_id"] is None:
-        values["decoder_start_token_id"] = values.get("pad_token_id", 0) or 0
-    return T5Config.from_dict(values)
-
-
-def config_to_hf(config: T5Config) -> Any:
-    """A ``transformers.T5Config`` with the same fields (transformers must be installed)."""
-    import transformers
-
-    fields = transformers.T5Config().to_dict()
-    values = {k: v for k, v in config.to_dict().items() if k in fields}
-    hf_config = transformers.T5Config(**values)
-    hf_config.decoder_start_token_id = config.decoder_start_token_id
-    return hf_config
 
 
 def from_hf(hf_model: nn.Module) -> T5ForConditionalGeneration:

@@ -84,6 +84,7 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
+        """Allocate zeroed keys and values of shape ``(batch_size, num_heads, max_length, d_kv)``."""
         if max_length <= 0:
             raise ValueError(f"max_length must be positive, got {max_length!r}")
         shape = (batch_size, num_heads, max_length, d_kv)
@@ -130,6 +131,7 @@ class T5Attention(nn.Module):
         dropout_rate: float = 0.0,
         implementation: str = "sdpa",
     ) -> None:
+        """The projections ``q, k, v`` (d_model -> num_heads * d_kv) and ``o`` (back), no biases."""
         super().__init__()
         for name, size in (("d_model", d_model), ("d_kv", d_kv), ("num_heads", num_heads)):
             if not isinstance(size, int) or size <= 0:

@@ -78,6 +78,7 @@ class StateDictMismatch(ValueError):
         unexpected: list[str],
         mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
     ) -> None:
+        """Keep the three lists and write one message with a line per problem."""
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
         lines = ["the state dict does not fit the model:"]
         lines += [f"  missing key: {k}" for k in missing]

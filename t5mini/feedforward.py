@@ -43,6 +43,7 @@ class FeedForward(nn.Module):
     def __init__(
         self, d_model: int, d_ff: int, dropout_rate: float = 0.0, feed_forward_proj: str = "relu"
     ) -> None:
+        """``wi`` (or ``wi_0``, ``wi_1`` when gated) d_model -> d_ff, and ``wo`` back; no biases."""
         super().__init__()
         for name, size in (("d_model", d_model), ("d_ff", d_ff)):
             if not isinstance(size, int) or size <= 0:

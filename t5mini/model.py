@@ -21,6 +21,7 @@ class T5Block(nn.Module):
     """One T5 layer: self-attention, cross-attention (decoder only), feed-forward; all pre-norm."""
 
     def __init__(self, config: T5Config, is_decoder: bool) -> None:
+        """The sub-layers of one encoder block (``is_decoder=False``) or decoder block."""
         super().__init__()
         d, eps = config.d_model, config.layer_norm_epsilon
         attention_args = (d, config.d_kv, config.num_heads, config.dropout_rate)
@@ -72,6 +73,7 @@ class DecoderCache:
         self_bias: torch.Tensor,
         cross_bias: torch.Tensor | None,
     ) -> None:
+        """Hold what ``init_cache`` prepared; nothing is cached yet (``length == 0``)."""
         self.self_attention = self_attention  # one KVCache per decoder layer
         self.cross_attention = cross_attention  # per layer: (batch, heads, src_len, d_kv) x2
         self.self_bias = self_bias  # (1, heads, max_length, max_length): position + causal
@@ -99,6 +101,7 @@ class T5Stack(nn.Module):
     """The encoder or the decoder: blocks sharing one position bias, then a final norm."""
 
     def __init__(self, config: T5Config, is_decoder: bool) -> None:
+        """The encoder stack (``is_decoder=False``) or the decoder stack of ``config``."""
         super().__init__()
         num_layers = config.num_decoder_layers if is_decoder else config.num_layers
         self.is_decoder = is_decoder
@@ -210,6 +213,7 @@ class T5ForConditionalGeneration(nn.Module):
     """T5: shared embeddings, encoder and decoder stacks, and a tied (v1.0) or untied head."""
 
     def __init__(self, config: T5Config) -> None:
+        """Build the model of ``config`` with T5's initialisation."""
         super().__init__()
         if not isinstance(config, T5Config):
             raise TypeError(f"config must be a t5mini T5Config, got {type(config).__name__}")

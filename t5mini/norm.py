@@ -10,6 +10,7 @@ class RMSNorm(nn.Module):
     """T5's layer norm: divide by the root mean square (computed in fp32), no mean, no bias."""
 
     def __init__(self, d_model: int, eps: float = 1e-6) -> None:
+        """A gain of ones over ``d_model`` features; ``eps`` keeps the rsqrt finite."""
         super().__init__()
         if not isinstance(d_model, int) or d_model <= 0:
             raise ValueError(f"d_model must be a positive int, got {d_model!r}")

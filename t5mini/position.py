@@ -59,6 +59,7 @@ class RelativePositionBias(nn.Module):
     def __init__(
         self, num_buckets: int, max_distance: int, num_heads: int, bidirectional: bool
     ) -> None:
+        """A ``(num_buckets, num_heads)`` table; the bucketing arguments are checked here."""
         super().__init__()
         _check_bucket_arguments(num_buckets, max_distance, bidirectional)
         if not isinstance(num_heads, int) or num_heads <= 0:

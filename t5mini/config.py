@@ -75,6 +75,7 @@ class T5Config:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        """Default ``num_decoder_layers`` to ``num_layers``, then validate every field."""
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_layers
         self.validate()

@@ -310,9 +310,9 @@ class Trainer:
         accumulation_steps: int = 1,
         max_grad_norm: float | None = 1.0,
         precision: str = "fp32",
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | None = None,
     ) -> None:
-        """`schedule=None` leaves the optimiser's lr alone (Adafactor's relative step)."""
+        """`schedule=None` leaves the optimiser's lr alone; `gradient_checkpointing=None` the model's."""
         _check_int("accumulation_steps", accumulation_steps, 1)
         if max_grad_norm is not None:
             _check_number("max_grad_norm", max_grad_norm, 0.0, low_open=True)
@@ -323,7 +323,8 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        model.gradient_checkpointing_enable(gradient_checkpointing)
+        if gradient_checkpointing is not None:
+            model.gradient_checkpointing_enable(gradient_checkpointing)
         self.global_step = 0  # updates done so far
         self.history: list[dict[str, float]] = []
 

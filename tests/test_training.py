@@ -570,3 +570,12 @@ def test_generate_texts_and_exact_match(tokenizer):
 def test_atomic_save_creates_parents(tmp_path):
     path = training.atomic_save({"x": torch.ones(2)}, tmp_path / "a" / "b" / "obj.pt")
     assert isinstance(path, Path) and torch.load(path)["x"].sum() == 2
+
+
+def test_trainer_leaves_checkpointing_alone_by_default():
+    model = make_model()
+    model.gradient_checkpointing_enable(True)
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0))
+    assert model.encoder.gradient_checkpointing and model.config.gradient_checkpointing
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), gradient_checkpointing=False)
+    assert not model.decoder.gradient_checkpointing

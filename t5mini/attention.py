@@ -140,6 +140,12 @@ class T5Attention(nn.Module):
             raise ValueError(
                 f"implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
             )
+        if (
+            isinstance(dropout_rate, bool)
+            or not isinstance(dropout_rate, (int, float))
+            or not (0.0 <= dropout_rate < 1.0)
+        ):
+            raise ValueError(f"dropout_rate must be a number in [0, 1), got {dropout_rate!r}")
         self.d_kv, self.num_heads = d_kv, num_heads
         self.inner_dim = num_heads * d_kv  # need not equal d_model
         self.dropout_rate = dropout_rate

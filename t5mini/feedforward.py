@@ -48,6 +48,12 @@ class FeedForward(nn.Module):
         for name, size in (("d_model", d_model), ("d_ff", d_ff)):
             if not isinstance(size, int) or size <= 0:
                 raise ValueError(f"{name} must be a positive int, got {size!r}")
+        if (
+            isinstance(dropout_rate, bool)
+            or not isinstance(dropout_rate, (int, float))
+            or not (0.0 <= dropout_rate < 1.0)
+        ):
+            raise ValueError(f"dropout_rate must be a number in [0, 1), got {dropout_rate!r}")
         self.gated, self.activation = parse_feed_forward_proj(feed_forward_proj)
         if self.gated:
             self.wi_0 = nn.Linear(d_model, d_ff, bias=False)  # through the activation

@@ -122,5 +122,8 @@ def test_bad_arguments() -> None:
         T5Attention(32, 8, 0)
     with pytest.raises(ValueError, match="implementation"):
         T5Attention(32, 8, 4, implementation="flash")
+    for bad in (1.0, -0.1, "0.1"):
+        with pytest.raises(ValueError, match="dropout_rate"):
+            T5Attention(32, 8, 4, dropout_rate=bad)
     with pytest.raises(ValueError, match="attention_mask"):
         padding_bias(torch.ones(3), torch.float32)

@@ -61,3 +61,9 @@ def test_keep_wo_in_fp32_and_clamp() -> None:
 def test_unknown_feed_forward_proj(bad) -> None:
     with pytest.raises(ValueError, match="feed_forward_proj"):
         parse_feed_forward_proj(bad)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "0.1"])
+def test_bad_dropout_rate(bad) -> None:
+    with pytest.raises(ValueError, match="dropout_rate"):
+        FeedForward(8, 16, dropout_rate=bad)

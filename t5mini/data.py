@@ -389,10 +389,15 @@ class SpanCorruptionDataset(torch.utils.data.IterableDataset):
         documents = self.documents() if callable(self.documents) else self.documents
         collator = self.collator
         worker = torch.utils.data.get_worker_info()
-        if worker is not None and worker.num_workers > 1:
-            documents = itertools.islice(documents, worker.id, None, worker.num_workers)
+        if worker is not None:
+            if worker.num_workers > 1:
+                documents = itertools.islice(documents, worker.id, None, worker.num_workers)
+            # A worker holds a fresh copy of the collator every epoch, so its generator would
+            # replay the same noise; mix in worker.seed, which DataLoader draws anew per epoch
+            # and per worker from torch's RNG (so torch.manual_seed still makes runs repeatable).
             collator = copy.copy(collator)
             collator.generator = torch.Generator()
-            collator.generator.manual_seed(self.collator.generator.initial_seed() + worker.id)
+            seed = self.collator.generator.initial_seed() * 1_000_003 + worker.seed
+            collator.generator.manual_seed(seed % 2**63)
         tokens = (self.tokenizer.encode(text) for text in documents)
         yield from collator.batches(tokens, self.batch_size, self.drop_last)

@@ -484,3 +484,21 @@ def test_dataloader_workers_share_the_documents(tokenizer: Tokenizer) -> None:
     # which is too short to corrupt)
     assert not Counter(seen) - everything
     assert (everything - Counter(seen)).total() <= 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_dataloader_draws_new_noise_every_epoch(tokenizer: Tokenizer, num_workers: int) -> None:
+    texts = [f"document number {i} says {'la ' * (i % 7)}" for i in range(120)]
+
+    def two_epochs(seed: int) -> list[list[torch.Tensor]]:
+        torch.manual_seed(seed)
+        collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 64, seed=0)
+        dataset = SpanCorruptionDataset(texts, tokenizer, collator, batch_size=2)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
+        return [[batch["input_ids"] for batch in loader] for _ in range(2)]
+
+    first, second = two_epochs(0)
+    assert len(first) == len(second) > 2
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))  # fresh noise
+    again = two_epochs(0)  # and repeatable under torch.manual_seed
+    assert all(torch.equal(a, b) for a, b in zip(first + second, again[0] + again[1]))

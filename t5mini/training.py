@@ -318,6 +318,12 @@ class Trainer:
             _check_number("max_grad_norm", max_grad_norm, 0.0, low_open=True)
         if schedule is not None and not callable(schedule):
             raise ValueError(f"schedule={schedule!r}: expected a Schedule, a function or None")
+        if schedule is not None and any(g.get("relative_step") for g in optimizer.param_groups):
+            raise ValueError(
+                f"schedule={schedule!r} would be ignored: this Adafactor has relative_step=True "
+                "and computes its own step size; use Adafactor(lr=..., relative_step=False) "
+                "(configure_optimizer(model, lr=...)) with a schedule, or schedule=None"
+            )
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.accumulation_steps, self.max_grad_norm = accumulation_steps, max_grad_norm
         self.device = next(model.parameters()).device

@@ -84,7 +84,7 @@ def test_full_size_runs_one_step_on_cpu(tokenizer):
     collator = SpanCorruptionCollator.from_tokenizer(tokenizer, settings.input_length, seed=0)
     batches = pretraining_batches(docs, collator, settings.batch_size)
     model = T5ForConditionalGeneration(settings.config)
-    trainer = Trainer(model, configure_optimizer(model),
+    trainer = Trainer(model, configure_optimizer(model, lr=settings.base_lr, scale_parameter=True),
                       Schedule("inverse_sqrt", settings.base_lr, settings.warmup_steps),
                       precision=settings.precision)  # fmt: skip
     evaluations = pretrain(trainer, batches, 1, [next(batches)], log_every=0, log=lambda _: None)

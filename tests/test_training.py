@@ -402,7 +402,8 @@ def test_fit_logs_and_schedules():
 
 def trained_trainer(seed: int = 0, steps: int = 2, **changes) -> Trainer:
     model = make_model(seed, **changes)
-    trainer = Trainer(model, configure_optimizer(model), Schedule("inverse_sqrt", 0.01, 5))
+    optimizer = configure_optimizer(model, lr=0.01, scale_parameter=True)
+    trainer = Trainer(model, optimizer, Schedule("inverse_sqrt", 0.01, 5))
     trainer.fit([make_batch(i) for i in range(steps)], steps)
     return trainer
 
@@ -497,7 +498,7 @@ def test_resume_gives_the_same_losses(tmp_path):
 
     def new_trainer() -> Trainer:
         model = T5ForConditionalGeneration(small_config(dropout_rate=0.2))
-        return Trainer(model, configure_optimizer(model, beta1=0.9),
+        return Trainer(model, configure_optimizer(model, lr=1e-2, beta1=0.9),
                        Schedule("cosine", 1e-2, 2, total_steps=2 * n), accumulation_steps=2)  # fmt: skip
 
     torch.manual_seed(0)
@@ -579,3 +580,16 @@ def test_trainer_leaves_checkpointing_alone_by_default():
     assert model.encoder.gradient_checkpointing and model.config.gradient_checkpointing
     Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), gradient_checkpointing=False)
     assert not model.decoder.gradient_checkpointing
+
+
+def test_a_schedule_with_relative_step_adafactor_is_refused():
+    """Adafactor's relative step would silently override the schedule (and the logged lr)."""
+    model = make_model()
+    with pytest.raises(ValueError, match="schedule"):
+        Trainer(model, configure_optimizer(model), Schedule("constant", 1e-3))
+    trainer = Trainer(
+        model, configure_optimizer(model, lr=0.01), Schedule("linear", 0.01, 0, total_steps=4)
+    )
+    stats = trainer.fit([make_batch(i) for i in range(3)], 3)
+    assert [s["lr"] for s in stats] == [0.01, 0.0075, 0.005]
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.005  # the schedule really drove it

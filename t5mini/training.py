@@ -377,6 +377,8 @@ class Trainer:
         inputs = batch.get("attention_mask", batch.get("input_ids"))
         tokens = (0 if inputs is None else int((inputs != 0).sum())) + total  # non-pad tokens
         stats |= {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+        if self.scaler.is_enabled():  # fp16: the loss scale (it halves after an overflow)
+            stats["grad_scale"] = self.scaler.get_scale()
         self.history.append(stats)
         return stats
 

@@ -347,7 +347,9 @@ def test_precision():
     model = make_model()
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), precision="fp16")
     assert trainer.scaler.is_enabled()
-    assert math.isfinite(trainer.step(batch)["loss"])
+    stats = trainer.step(batch)
+    assert math.isfinite(stats["loss"]) and stats["grad_scale"] == 2.0**16
+    assert "grad_scale" not in fp32
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,54 +74,6 @@ def sdpa_attention(
     )  # (batch, num_heads, query_len, d_kv)
 
 
-class KVCache:
-    """One self-attention layer's keys and values, preallocated for ``max_length`` positions."""
-
-    def __init__(
-        self,
-        batch_size: int,
-        num_heads: int,
-        max_length: int,
-        d_kv: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> None:
-        """Allocate zeroed keys and values of shape ``(batch_size, num_heads, max_length, d_kv)``."""
-        if max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {max_length!r}")
-        shape = (batch_size, num_heads, max_length, d_kv)
-        self.key = torch.zeros(shape, dtype=dtype, device=device)
-        self.value = torch.zeros(shape, dtype=dtype, device=device)
-        self.length = 0  # positions [0, length) hold keys and values
-
-    @property
-    def max_length(self) -> int:
-        """How many positions the cache can hold."""
-        return self.key.shape[2]
-
-    def update(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new ``(batch, heads, new_len, d_kv)`` keys/values in place; return all so far."""
-        start, end = self.length, self.length + key.shape[2]
-        if end > self.max_length:
-            raise ValueError(
-                f"the KV cache holds max_length={self.max_length} positions; cannot add "
-                f"{key.shape[2]} after {start}"
-            )
-        self.key[:, :, start:end] = key
-        self.value[:, :, start:end] = value
-        self.length = end
-        return self.key[:, :, :end], self.value[:, :, :end]  # (batch, heads, end, d_kv)
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows ``index`` (beam search); in place when the batch size is kept."""
-        if index.numel() == self.key.shape[0]:
-            self.key.copy_(self.key.index_select(0, index))
-            self.value.copy_(self.value.index_select(0, index))
-        else:
-            self.key = self.key.index_select(0, index)
-            self.value = self.value.index_select(0, index)
-
-
 class T5Attention(nn.Module):
     """T5 multi-head attention: no biases, no 1/sqrt(d_kv), an additive position bias and mask."""
 
@@ -169,7 +123,7 @@ class T5Attention(nn.Module):
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Any | None = None,
         key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attend from ``hidden_states`` (batch, query_len, d_model) to itself or ``key_value_states``."""

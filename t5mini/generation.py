@@ -11,6 +11,137 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from t5mini.attention import causal_bias, padding_bias
+from t5mini.checks import check_int
+
+
+class KVCache:
+    """One self-attention layer's keys and values, preallocated for ``max_length`` positions."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_heads: int,
+        max_length: int,
+        d_kv: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Allocate zeroed keys and values of shape ``(batch_size, num_heads, max_length, d_kv)``."""
+        check_int("max_length", max_length, 1)
+        shape = (batch_size, num_heads, max_length, d_kv)
+        self.key = torch.zeros(shape, dtype=dtype, device=device)
+        self.value = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions [0, length) hold keys and values
+
+    @property
+    def max_length(self) -> int:
+        """How many positions the cache can hold."""
+        return self.key.shape[2]
+
+    def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Write new ``(batch, heads, new_len, d_kv)`` keys/values in place; return all so far."""
+        start, end = self.length, self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(
+                f"the KV cache holds max_length={self.max_length} positions; cannot add "
+                f"{key.shape[2]} after {start}"
+            )
+        self.key[:, :, start:end] = key
+        self.value[:, :, start:end] = value
+        self.length = end
+        return self.key[:, :, :end], self.value[:, :, :end]  # (batch, heads, end, d_kv)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the batch rows ``index`` (beam search); in place when the batch size is kept."""
+        if index.numel() == self.key.shape[0]:
+            self.key.copy_(self.key.index_select(0, index))
+            self.value.copy_(self.value.index_select(0, index))
+        else:
+            self.key = self.key.index_select(0, index)
+            self.value = self.value.index_select(0, index)
+
+
+class DecoderCache:
+    """What incremental decoding keeps between steps: self K/V, cross K/V and the biases."""
+
+    def __init__(
+        self,
+        self_attention: list[KVCache],
+        cross_attention: list[tuple[Tensor, Tensor]],
+        cross_bias: Tensor | None,
+        position_bias: torch.nn.Module,
+        max_length: int,
+    ) -> None:
+        """Hold what ``init_cache`` prepared; nothing is cached yet (``length == 0``)."""
+        self.self_attention = self_attention  # one KVCache per decoder layer
+        self.cross_attention = cross_attention  # per layer: (batch, heads, src_len, d_kv) x2
+        self.cross_bias = cross_bias  # (batch, 1, 1, src_len) or None
+        self.position_bias = position_bias  # the decoder's RelativePositionBias (chapter 3)
+        last = max_length - 1  # one query at the last position sees every distance once
+        # bias_by_key[:, j] is the bias of distance last - j: (num_heads, max_length)
+        self.bias_by_key = position_bias(1, max_length, query_offset=last)[0, :, 0]
+        self.length = 0  # decoder positions already in the cache
+
+    @property
+    def max_length(self) -> int:
+        """How many decoder positions the cache can hold."""
+        return self.bias_by_key.shape[-1]
+
+    def self_bias(self, new_len: int) -> Tensor:
+        """Position bias (and causal mask) of ``new_len`` new queries: (1, heads, new_len, end)."""
+        start, end = self.length, self.length + new_len
+        if end > self.max_length:
+            raise ValueError(
+                f"the decoder cache holds max_length={self.max_length} positions; cannot add "
+                f"{new_len} after {start}"
+            )
+        if new_len == 1:  # distances start, ..., 0 to keys 0, ..., start: the last end entries
+            return self.bias_by_key[None, :, None, self.max_length - end :]
+        bias = self.position_bias(new_len, end, query_offset=start)
+        return bias + causal_bias(new_len, end, bias.dtype, bias.device, query_offset=start)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the batch rows ``index`` of everything batched (beam search), in place."""
+        for layer in self.self_attention:
+            layer.reorder(index)
+        self.cross_attention = [
+            (key.index_select(0, index), value.index_select(0, index))
+            for key, value in self.cross_attention
+        ]
+        if self.cross_bias is not None:
+            self.cross_bias = self.cross_bias.index_select(0, index)
+
+
+@torch.no_grad()
+def init_cache(
+    model: Any,
+    encoder_hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    max_length: int = 20,
+) -> DecoderCache:
+    """Cross K/V of every decoder layer (computed once) and self K/V space for ``max_length``."""
+    check_int("max_length", max_length, 1)
+    batch, src_len, _ = encoder_hidden_states.shape
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch, src_len):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but the encoder "
+            f"states are {(batch, src_len)} (batch, src_len)"
+        )
+    config, decoder = model.config, model.decoder
+    weight = decoder.blocks[0].self_attention.k.weight
+    self_attention = [
+        KVCache(batch, config.num_heads, max_length, config.d_kv, weight.dtype, weight.device)
+        for _ in decoder.blocks
+    ]
+    cross_attention = [
+        block.cross_attention.key_value(encoder_hidden_states) for block in decoder.blocks
+    ]
+    cross_bias = None if attention_mask is None else padding_bias(attention_mask, weight.dtype)
+    return DecoderCache(
+        self_attention, cross_attention, cross_bias, decoder.relative_position_bias, max_length
+    )
+
 
 def _is_finite_number(value: Any) -> bool:
     """A finite real number (int or float, not bool)."""
@@ -139,9 +270,7 @@ class DecoderStepper:
         self.attention_mask = attention_mask  # (batch, src_len) or None
         self.cache = None
         if use_cache:
-            self.cache = model.init_cache(
-                encoder_hidden_states, attention_mask, max_length=max_length
-            )
+            self.cache = init_cache(model, encoder_hidden_states, attention_mask, max_length)
 
     def __call__(self, sequences: Tensor) -> Tensor:
         """Float logits `(batch, vocab)` for the token after `sequences` `(batch, cur_len)`."""

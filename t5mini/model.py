@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from t5mini.attention import KVCache, T5Attention, causal_bias, padding_bias
+from t5mini.attention import T5Attention, causal_bias, padding_bias
 from t5mini.config import T5Config
 from t5mini.feedforward import FeedForward, clamp_fp16
 from t5mini.norm import RMSNorm
@@ -43,7 +45,7 @@ class T5Block(nn.Module):
         self_bias: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor | None = None,
         cross_bias: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Any | None = None,
         cross_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(batch, seq_len, d_model) -> (batch, seq_len, d_model)."""
@@ -61,40 +63,6 @@ class T5Block(nn.Module):
             hidden_states = clamp_fp16(hidden_states + self.dropout(attended))
         transformed = self.feed_forward(self.feed_forward_norm(hidden_states))
         return clamp_fp16(hidden_states + self.dropout(transformed))
-
-
-class DecoderCache:
-    """What incremental decoding keeps between steps: self K/V, cross K/V, masks and biases."""
-
-    def __init__(
-        self,
-        self_attention: list[KVCache],
-        cross_attention: list[tuple[torch.Tensor, torch.Tensor]],
-        self_bias: torch.Tensor,
-        cross_bias: torch.Tensor | None,
-    ) -> None:
-        """Hold what ``init_cache`` prepared; nothing is cached yet (``length == 0``)."""
-        self.self_attention = self_attention  # one KVCache per decoder layer
-        self.cross_attention = cross_attention  # per layer: (batch, heads, src_len, d_kv) x2
-        self.self_bias = self_bias  # (1, heads, max_length, max_length): position + causal
-        self.cross_bias = cross_bias  # (batch, 1, 1, src_len) or None
-        self.length = 0  # decoder positions already in the cache
-
-    @property
-    def max_length(self) -> int:
-        """How many decoder positions the cache can hold."""
-        return self.self_bias.shape[-1]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows ``index`` of everything batched (beam search), in place."""
-        for layer in self.self_attention:
-            layer.reorder(index)
-        self.cross_attention = [
-            (key.index_select(0, index), value.index_select(0, index))
-            for key, value in self.cross_attention
-        ]
-        if self.cross_bias is not None:
-            self.cross_bias = self.cross_bias.index_select(0, index)
 
 
 class T5Stack(nn.Module):
@@ -122,18 +90,12 @@ class T5Stack(nn.Module):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        cache: DecoderCache | None = None,
+        cache: Any | None = None,
     ) -> torch.Tensor:
         """(batch, seq_len, d_model) embeddings -> (batch, seq_len, d_model) final states."""
         length = inputs_embeds.shape[1]
-        if cache is not None:  # incremental decoding: everything comes precomputed
-            start, end = cache.length, cache.length + length
-            if end > cache.max_length:
-                raise ValueError(
-                    f"the decoder cache holds max_length={cache.max_length} positions; cannot "
-                    f"add {length} after {start}"
-                )
-            self_bias = cache.self_bias[:, :, start:end, :end]  # (1, heads, new, end)
+        if cache is not None:  # incremental decoding (chapter 8): the cache holds the rest
+            self_bias = cache.self_bias(length)  # (1, heads, length, cache.length + length)
             hidden_states = self.dropout(inputs_embeds)
             for block, layer_cache, cross_kv in zip(
                 self.blocks, cache.self_attention, cache.cross_attention
@@ -141,7 +103,7 @@ class T5Stack(nn.Module):
                 hidden_states = block(
                     hidden_states, self_bias, None, cache.cross_bias, layer_cache, cross_kv
                 )
-            cache.length = end
+            cache.length += length
             return self.dropout(self.final_norm(hidden_states))
 
         # the position bias, computed once and shared by every layer, plus the masks
@@ -283,7 +245,7 @@ class T5ForConditionalGeneration(nn.Module):
         decoder_input_ids: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: DecoderCache | None = None,
+        cache: Any | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (batch, new_len, vocab); with a cache, only the new tokens, and it advances."""
@@ -317,36 +279,6 @@ class T5ForConditionalGeneration(nn.Module):
             cache=cache,
         )
         return self.lm_logits(hidden_states)
-
-    @torch.no_grad()
-    def init_cache(
-        self,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        max_length: int | None = None,
-    ) -> DecoderCache:
-        """Cross K/V of every decoder layer (once) and self K/V space for ``max_length`` tokens."""
-        if not isinstance(max_length, int) or max_length <= 0:
-            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-        batch, src_len, _ = encoder_hidden_states.shape
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch, src_len):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but the encoder "
-                f"states are {(batch, src_len)} (batch, src_len)"
-            )
-        first = self.decoder.blocks[0].self_attention
-        dtype, device = first.k.weight.dtype, first.k.weight.device
-        self_attention = [
-            KVCache(batch, self.config.num_heads, max_length, self.config.d_kv, dtype, device)
-            for _ in self.decoder.blocks
-        ]
-        cross_attention = [
-            block.cross_attention.key_value(encoder_hidden_states) for block in self.decoder.blocks
-        ]
-        self_bias = self.decoder.relative_position_bias(max_length, max_length)
-        self_bias = self_bias + causal_bias(max_length, max_length, self_bias.dtype, device)
-        cross_bias = None if attention_mask is None else padding_bias(attention_mask, dtype)
-        return DecoderCache(self_attention, cross_attention, self_bias.to(dtype), cross_bias)
 
     def forward(
         self,
@@ -393,3 +325,16 @@ class T5ForConditionalGeneration(nn.Module):
         from t5mini.generation import generate
 
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` as transformers does; built in chapter 7."""
+        from t5mini.convert import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> T5ForConditionalGeneration:
+        """Load what ``save_pretrained`` or transformers wrote in ``directory``; built in chapter 7."""
+        from t5mini.convert import from_pretrained
+
+        return from_pretrained(directory, model_class=cls)

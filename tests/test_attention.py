@@ -7,7 +7,7 @@ import torch
 from transformers import T5Config as HFConfig
 from transformers.models.t5.modeling_t5 import T5Attention as HFAttention
 
-from t5mini.attention import KVCache, T5Attention, causal_bias, padding_bias
+from t5mini.attention import T5Attention, causal_bias, padding_bias
 from t5mini.position import RelativePositionBias
 
 MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
@@ -84,37 +84,6 @@ def test_eager_equals_sdpa_values_and_gradients() -> None:
     torch.testing.assert_close(results["eager"][0], results["sdpa"][0], atol=1e-6, rtol=1e-5)
     for a, b in zip(results["eager"][1], results["sdpa"][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_kv_cache_matches_full_causal_attention() -> None:
-    torch.manual_seed(2)
-    layer = T5Attention(32, 8, 4).eval()
-    position = RelativePositionBias(32, 128, 4, bidirectional=False)
-    x = torch.randn(2, 9, 32)
-    with torch.no_grad():
-        full = layer(x, bias=position(9, 9) + causal_bias(9, 9, torch.float32))
-        cache = KVCache(2, 4, max_length=12, d_kv=8)
-        pieces = [
-            layer(x[:, :4], bias=position(4, 4) + causal_bias(4, 4, torch.float32), cache=cache)
-        ]
-        for t in range(4, 9):
-            pieces.append(
-                layer(x[:, t : t + 1], bias=position(1, t + 1, query_offset=t), cache=cache)
-            )
-    assert cache.length == 9 and cache.key.shape == (2, 4, 12, 8)
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-6, rtol=1e-5)
-
-
-def test_kv_cache_overflow_and_reorder() -> None:
-    cache = KVCache(3, 2, max_length=4, d_kv=5)
-    key = torch.arange(3.0)[:, None, None, None].expand(3, 2, 3, 5)
-    cache.update(key, key)
-    with pytest.raises(ValueError, match="max_length=4"):
-        cache.update(key, key)
-    cache.reorder(torch.tensor([2, 2, 0]))
-    assert cache.key[:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0]
-    cache.reorder(torch.tensor([0, 1, 1, 2, 2]))  # grows the batch (beam expansion)
-    assert cache.key.shape[0] == 5 and cache.value[:, 0, 0, 0].tolist() == [2.0, 2.0, 2.0, 0.0, 0.0]
 
 
 def test_bad_arguments() -> None:

@@ -18,6 +18,7 @@ from t5mini.convert import (
     to_hf,
     to_hf_state_dict,
 )
+from t5mini.generation import init_cache
 from t5mini.model import T5ForConditionalGeneration
 from tests.reference import hf_model, hf_name_to_t5mini
 
@@ -83,7 +84,7 @@ def test_cached_decoding_matches_reference(name: str) -> None:
             decoder_input_ids=dec,
         ).logits
         states = ours.encode(batch["input_ids"], batch["attention_mask"])
-        cache = ours.init_cache(states, batch["attention_mask"], max_length=dec.shape[1])
+        cache = init_cache(ours, states, batch["attention_mask"], max_length=dec.shape[1])
         steps = torch.cat(
             [ours.decode(dec[:, t : t + 1], states, cache=cache) for t in range(dec.shape[1])], 1
         )

@@ -7,18 +7,24 @@ at some steps of some rows and not others, which is what the EOS handling needs 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers
 from transformers.generation import logits_process as hf_lp
 
+from t5mini.attention import T5Attention, causal_bias
 from t5mini.convert import from_hf
 from t5mini.generation import (
+    KVCache,
     apply_repetition_penalty,
     generate,
+    init_cache,
     top_k_filter,
     top_p_filter,
 )
+from t5mini.position import RelativePositionBias
 
 VOCAB = 96
 EOS = 1
@@ -341,7 +347,7 @@ def test_cached_steps_give_the_full_forward_logits():
     with torch.no_grad():
         encoder_hidden_states = model.encode(input_ids, attention_mask)
         full = model.decode(decoder_input_ids, encoder_hidden_states, attention_mask)
-        cache = model.init_cache(encoder_hidden_states, attention_mask, max_length=7)
+        cache = init_cache(model, encoder_hidden_states, attention_mask, max_length=7)
         steps = [
             model.decode(decoder_input_ids[:, :3], encoder_hidden_states, attention_mask, cache)
         ]
@@ -352,8 +358,18 @@ def test_cached_steps_give_the_full_forward_logits():
                 )
             )
         assert cache.length == 7
-    scale = full.abs().max().item()
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5 * scale)
+        # the truth: the same weights in float64. Incremental and full decoding multiply
+        # matrices of different shapes, so each has its own fp32 rounding; the stepped
+        # logits may be off the truth by a few times the full forward's own error.
+        exact = copy.deepcopy(model).double()
+        truth = exact.decode(
+            decoder_input_ids, exact.encode(input_ids, attention_mask), attention_mask
+        )
+    stepped = torch.cat(steps, dim=1).double()
+    reference_error = (full.double() - truth).abs().max().item()
+    scale = truth.abs().max().item()
+    allowed = 8 * reference_error + 64 * torch.finfo(torch.float32).eps * scale
+    assert (stepped - truth).abs().max().item() <= allowed
 
 
 def test_the_encoder_runs_once(monkeypatch):
@@ -425,3 +441,34 @@ def test_invalid_inputs_raise():
         model.generate(input_ids.float())
     with pytest.raises(ValueError, match="attention_mask"):
         model.generate(input_ids, attention_mask=attention_mask[:, :3])
+
+
+def test_kv_cache_matches_full_causal_attention() -> None:
+    torch.manual_seed(2)
+    layer = T5Attention(32, 8, 4).eval()
+    position = RelativePositionBias(32, 128, 4, bidirectional=False)
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        full = layer(x, bias=position(9, 9) + causal_bias(9, 9, torch.float32))
+        cache = KVCache(2, 4, max_length=12, d_kv=8)
+        pieces = [
+            layer(x[:, :4], bias=position(4, 4) + causal_bias(4, 4, torch.float32), cache=cache)
+        ]
+        for t in range(4, 9):
+            pieces.append(
+                layer(x[:, t : t + 1], bias=position(1, t + 1, query_offset=t), cache=cache)
+            )
+    assert cache.length == 9 and cache.key.shape == (2, 4, 12, 8)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-6, rtol=1e-5)
+
+
+def test_kv_cache_overflow_and_reorder() -> None:
+    cache = KVCache(3, 2, max_length=4, d_kv=5)
+    key = torch.arange(3.0)[:, None, None, None].expand(3, 2, 3, 5)
+    cache.update(key, key)
+    with pytest.raises(ValueError, match="max_length=4"):
+        cache.update(key, key)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    assert cache.key[:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0]
+    cache.reorder(torch.tensor([0, 1, 1, 2, 2]))  # grows the batch (beam expansion)
+    assert cache.key.shape[0] == 5 and cache.value[:, 0, 0, 0].tolist() == [2.0, 2.0, 2.0, 0.0, 0.0]

@@ -7,6 +7,7 @@ import torch
 import transformers
 
 from t5mini.config import PRESETS, T5Config
+from t5mini.generation import init_cache
 from t5mini.model import T5ForConditionalGeneration, shift_right
 from tests.reference import copy_hf_weights, hf_model
 
@@ -108,7 +109,7 @@ def test_cache_decoding_equals_full_decode(style) -> None:
         reference = hf(
             input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids
         ).logits
-        cache = model.init_cache(states, attention_mask, max_length=10)
+        cache = init_cache(model, states, attention_mask, max_length=10)
         assert cache.length == 0 and cache.max_length == 10
         pieces = [model.decode(decoder_input_ids[:, :2], states, cache=cache)]  # a 2-token chunk
         assert cache.length == 2
@@ -129,7 +130,7 @@ def test_cache_reorder() -> None:
     index = torch.tensor([2, 0, 0, 1])
     with torch.no_grad():
         states = model.encode(input_ids, attention_mask)
-        cache = model.init_cache(states, attention_mask, max_length=6)
+        cache = init_cache(model, states, attention_mask, max_length=6)
         model.decode(dec[:, :3], states, cache=cache)
         cache.reorder(index)
         last = model.decode(dec[index, 3:4], states[index], cache=cache)
@@ -237,7 +238,7 @@ def test_input_errors() -> None:
     with pytest.raises(ValueError, match="decoder_input_ids or labels"):
         model(input_ids)
     with pytest.raises(ValueError, match="max_length"):
-        model.init_cache(torch.zeros(3, 11, 32))
+        init_cache(model, torch.zeros(3, 11, 32), max_length=0)
 
 
 @pytest.mark.parametrize(

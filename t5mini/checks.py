@@ -42,7 +42,10 @@ def check_float(
     """Return ``value`` as a float; raise unless it is a finite real number in the interval."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range, such as 10**400
+        value = math.inf
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
     if not math.isfinite(value) or below or above:
@@ -58,10 +61,21 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def _same_choice(value: Any, choice: Any) -> bool:
+    """``value == choice``, where a bool matches only a bool and a failed comparison is False."""
+    if isinstance(value, bool) != isinstance(choice, bool):
+        return False  # True == 1, but padding=1 is not padding=True
+    try:
+        return bool(value == choice)
+    except (TypeError, ValueError, RuntimeError):  # arrays and tensors compare element-wise
+        return False
+
+
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     """Return ``value``; raise unless it is one of ``choices``."""
-    if isinstance(value, bool) or value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(map(repr, choices))}, got {value!r}")
+    if not any(_same_choice(value, choice) for choice in choices):
+        listed = ", ".join(sorted(map(repr, choices)))
+        raise ValueError(f"{name} must be one of [{listed}], got {value!r:.40}")
     return value
 
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t5mini.checks import check_choice, check_float, check_int
+
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
@@ -18,10 +20,11 @@ def mask_value(dtype: torch.dtype) -> float:
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A ``(batch, key_len)`` mask of 1 (keep) / 0 (pad) as an additive ``(batch, 1, 1, key_len)`` bias."""
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
     if attention_mask.dim() != 2:
-        raise ValueError(
-            f"attention_mask must have shape (batch, key_len), got {tuple(attention_mask.shape)}"
-        )
+        shape = tuple(attention_mask.shape)
+        raise ValueError(f"attention_mask must have shape (batch, key_len), got {shape}")
     keep = attention_mask[:, None, None, :] != 0  # (batch, 1, 1, key_len)
     bias = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
     return bias.masked_fill(~keep, mask_value(dtype))
@@ -53,7 +56,9 @@ def eager_attention(
     scores = query @ key.transpose(-1, -2)  # (batch, num_heads, query_len, key_len)
     if bias is not None:
         scores = scores + bias
-    probabilities = scores.float().softmax(dim=-1).to(query.dtype)
+    # the softmax in at least fp32: half-precision scores are upcast first
+    probabilities = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    probabilities = probabilities.to(query.dtype)
     if dropout_p > 0.0:
         probabilities = F.dropout(probabilities, p=dropout_p, training=True)
     return probabilities @ value, probabilities  # (batch, num_heads, query_len, d_kv)
@@ -74,6 +79,18 @@ def sdpa_attention(
     )  # (batch, num_heads, query_len, d_kv)
 
 
+def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(batch, len, num_heads * d_kv) -> (batch, num_heads, len, d_kv)."""
+    batch, length, inner_dim = states.shape
+    return states.view(batch, length, num_heads, inner_dim // num_heads).transpose(1, 2)
+
+
+def merge_heads(states: torch.Tensor) -> torch.Tensor:
+    """(batch, num_heads, len, d_kv) -> (batch, len, num_heads * d_kv)."""
+    batch, num_heads, length, d_kv = states.shape
+    return states.transpose(1, 2).reshape(batch, length, num_heads * d_kv)
+
+
 class T5Attention(nn.Module):
     """T5 multi-head attention: no biases, no 1/sqrt(d_kv), an additive position bias and mask."""
 
@@ -87,36 +104,21 @@ class T5Attention(nn.Module):
     ) -> None:
         """The projections ``q, k, v`` (d_model -> num_heads * d_kv) and ``o`` (back), no biases."""
         super().__init__()
-        for name, size in (("d_model", d_model), ("d_kv", d_kv), ("num_heads", num_heads)):
-            if not isinstance(size, int) or size <= 0:
-                raise ValueError(f"{name} must be a positive int, got {size!r}")
-        if implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
-            )
-        if (
-            isinstance(dropout_rate, bool)
-            or not isinstance(dropout_rate, (int, float))
-            or not (0.0 <= dropout_rate < 1.0)
-        ):
-            raise ValueError(f"dropout_rate must be a number in [0, 1), got {dropout_rate!r}")
-        self.d_kv, self.num_heads = d_kv, num_heads
+        d_model = check_int("d_model", d_model, 1)
+        self.d_kv, self.num_heads = check_int("d_kv", d_kv, 1), check_int("num_heads", num_heads, 1)
+        self.dropout_rate = check_float("dropout_rate", dropout_rate, 0.0, 1.0, high_open=True)
+        choices = ATTENTION_IMPLEMENTATIONS
+        self.implementation = check_choice("implementation", implementation, choices)
         self.inner_dim = num_heads * d_kv  # need not equal d_model
-        self.dropout_rate = dropout_rate
-        self.implementation = implementation
         self.q = nn.Linear(d_model, self.inner_dim, bias=False)
         self.k = nn.Linear(d_model, self.inner_dim, bias=False)
         self.v = nn.Linear(d_model, self.inner_dim, bias=False)
         self.o = nn.Linear(self.inner_dim, d_model, bias=False)
 
-    def split_heads(self, states: torch.Tensor) -> torch.Tensor:
-        """(batch, len, heads * d_kv) -> (batch, heads, len, d_kv)."""
-        batch, length, _ = states.shape
-        return states.view(batch, length, self.num_heads, self.d_kv).transpose(1, 2)
-
     def key_value(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project ``states`` (batch, key_len, d_model) to per-head keys and values."""
-        return self.split_heads(self.k(states)), self.split_heads(self.v(states))
+        key, value = self.k(states), self.v(states)  # (batch, key_len, num_heads * d_kv)
+        return split_heads(key, self.num_heads), split_heads(value, self.num_heads)
 
     def forward(
         self,
@@ -127,8 +129,7 @@ class T5Attention(nn.Module):
         key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attend from ``hidden_states`` (batch, query_len, d_model) to itself or ``key_value_states``."""
-        batch, query_len, _ = hidden_states.shape
-        query = self.split_heads(self.q(hidden_states))  # (batch, heads, query_len, d_kv)
+        query = split_heads(self.q(hidden_states), self.num_heads)  # (batch, heads, len, d_kv)
         if key_value is not None:  # precomputed (cross-attention while decoding)
             key, value = key_value
         else:
@@ -141,5 +142,4 @@ class T5Attention(nn.Module):
             output = sdpa_attention(query, key, value, bias, dropout_p)
         else:
             output, _ = eager_attention(query, key, value, bias, dropout_p)
-        output = output.transpose(1, 2).reshape(batch, query_len, self.inner_dim)
-        return self.o(output)  # (batch, query_len, d_model)
+        return self.o(merge_heads(output))  # (batch, query_len, d_model)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import re
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import IO, Any
 
 import sentencepiece as spm
 import torch
+
+from t5mini.checks import check_bool, check_choice, check_float, check_int, check_texts
 
 NUM_SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
 PAD_PIECE, EOS_PIECE, UNK_PIECE = "<pad>", "</s>", "<unk>"
@@ -26,6 +32,60 @@ def bundled_corpus() -> Path:
 def shipped_model() -> Path:
     """Path of the SentencePiece model shipped inside the package (``t5mini/assets/spiece.model``)."""
     return Path(str(resources.files("t5mini") / "assets" / "spiece.model"))
+
+
+NORMALIZATION_RULES = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")  # SentencePiece's
+
+
+def _corpus_paths(corpus: Any) -> list[Path]:
+    """The corpus files as paths; raise unless each one exists and together they hold text."""
+    if corpus is None:
+        return [bundled_corpus()]
+    if isinstance(corpus, (str, os.PathLike)):
+        corpus = [corpus]
+    elif not isinstance(corpus, Sequence):
+        raise TypeError(
+            f"corpus must be a path, a list of paths or None, got {type(corpus).__name__}"
+        )
+    if not corpus:
+        raise ValueError("corpus must name at least one text file, got []")
+    for index, path in enumerate(corpus):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"corpus[{index}] must be a path, got {type(path).__name__}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"corpus file not found: {path}")
+    paths = [Path(path) for path in corpus]
+    if next(_corpus_lines(paths), None) is None:
+        raise ValueError(f"corpus {[str(p) for p in paths]} has no text, only empty lines")
+    return paths
+
+
+def _check_model_file(model_file: Any) -> Path:
+    """``model_file`` as a Path; raise unless it names a file in an existing directory."""
+    if not isinstance(model_file, (str, os.PathLike)):
+        raise TypeError(f"model_file must be a path, got {type(model_file).__name__}")
+    path = Path(model_file)
+    if path.is_dir():
+        raise IsADirectoryError(f"model_file {str(path)!r} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"model_file {str(path)!r}: no directory {str(path.parent)!r}")
+    return path
+
+
+@contextmanager
+def _replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
+    """A new file to write into; it replaces ``path`` at the end, and vanishes on an error."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    file = open(temporary, "xb")  # a new file, with the umask's permissions
+    try:
+        with file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # atomic: the old model or the new one, never half of one
+    except BaseException:  # KeyboardInterrupt too
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _corpus_lines(paths: Sequence[Path]) -> Iterator[str]:
@@ -45,72 +105,103 @@ def train_tokenizer(
     normalization_rule_name: str = "nmt_nfkc",
 ) -> Path:
     """Train a T5-style SentencePiece unigram model (pad 0, eos 1, unk 2, no bos); return its path."""
-    if corpus is None:
-        paths = [bundled_corpus()]
-    elif isinstance(corpus, (str, os.PathLike)):
-        paths = [Path(corpus)]
-    else:
-        paths = [Path(p) for p in corpus]
-    if not paths:
-        raise ValueError("corpus=[]; expected a text file, a list of text files, or None")
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"corpus file not found: {path}")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 4:
+    paths, model_file = _corpus_paths(corpus), _check_model_file(model_file)
+    check_int("vocab_size", vocab_size, 4)  # the 3 special pieces and at least one more
+    check_float("character_coverage", character_coverage, 0, 1, low_open=True)
+    check_choice("normalization_rule_name", normalization_rule_name, NORMALIZATION_RULES)
+    try:
+        with _replaced_atomically(model_file) as writer:  # a failed training keeps the old file
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_corpus_lines(paths),  # no file name is stored in the model
+                model_writer=writer,
+                model_type="unigram",
+                vocab_size=vocab_size,
+                pad_id=0,
+                eos_id=1,
+                unk_id=2,
+                bos_id=-1,  # T5 has no beginning-of-sequence token
+                pad_piece=PAD_PIECE,
+                eos_piece=EOS_PIECE,
+                unk_piece=UNK_PIECE,
+                normalization_rule_name=normalization_rule_name,
+                character_coverage=character_coverage,
+                byte_fallback=False,
+                input_sentence_size=0,  # every line, no random sample
+                num_threads=1,  # one thread: the same corpus always gives the same model
+                minloglevel=2,  # keep the trainer's log quiet
+            )
+    except RuntimeError as error:
+        if "Vocabulary size too high" not in str(error):
+            raise
+        reason = str(error).split("] ")[-1]  # "Vocabulary size too high (...). Please set ..."
         raise ValueError(
-            f"vocab_size={vocab_size!r}; expected an int >= 4 (3 special pieces + text)"
-        )
-    model_file = Path(model_file)
-    with open(model_file, "wb") as writer:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_corpus_lines(paths),  # no file name is stored in the model
-            model_writer=writer,
-            model_type="unigram",
-            vocab_size=vocab_size,
-            pad_id=0,
-            eos_id=1,
-            unk_id=2,
-            bos_id=-1,  # T5 has no beginning-of-sequence token
-            pad_piece=PAD_PIECE,
-            eos_piece=EOS_PIECE,
-            unk_piece=UNK_PIECE,
-            normalization_rule_name=normalization_rule_name,
-            character_coverage=character_coverage,
-            byte_fallback=False,
-            input_sentence_size=0,  # every line, no random sample
-            num_threads=1,  # one thread: the same corpus always gives the same model
-            minloglevel=2,  # keep the trainer's log quiet
-        )
+            f"vocab_size={vocab_size} is too large for this corpus: {reason}"
+        ) from None
     return model_file
 
 
-class Tokenizer:
-    """T5's tokenizer: a SentencePiece model plus ``extra_ids`` sentinel ids above its vocabulary."""
+def _load_sentencepiece(model_file: Any) -> tuple[Path, spm.SentencePieceProcessor]:
+    """Read a SentencePiece model; raise unless the file exists and defines pad, eos and unk."""
+    if model_file is not None and not isinstance(model_file, (str, os.PathLike)):
+        raise TypeError(f"model_file must be a path or None, got {type(model_file).__name__}")
+    path = shipped_model() if model_file is None else Path(model_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"model_file: SentencePiece model not found: {path}")
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
+    except RuntimeError as error:
+        raise ValueError(
+            f"model_file {str(path)!r} is not a SentencePiece model: {error}"
+        ) from None
+    for name in ("pad", "eos", "unk"):
+        if getattr(sp, f"{name}_id")() < 0:
+            raise ValueError(
+                f"model_file {str(path)!r} defines no {name} piece; T5 needs all three"
+            )
+    return path, sp
+
+
+def _check_text(name: str, text: Any) -> str:
+    """Return ``text``; raise unless it is one str."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__} {text!r:.40}")
+    return text
+
+
+def _token_id(name: str, token_id: Any, vocab_size: int) -> int:
+    """``token_id`` as an int (a Python or NumPy int, a 0-d tensor); raise unless in the vocabulary."""
+    try:
+        if isinstance(token_id, bool):
+            raise TypeError
+        token_id = operator.index(token_id)  # refuses 5.7 and "5" rather than truncating them
+    except TypeError:
+        got = f"{type(token_id).__name__} {token_id!r:.40}"
+        raise TypeError(f"{name} must be an int token id, got {got}") from None
+    if not 0 <= token_id < vocab_size:
+        hint = (
+            " (-100 marks ignored labels; replace it before decoding)" if token_id == -100 else ""
+        )
+        raise ValueError(
+            f"{name} is {token_id}, outside the vocabulary range [0, {vocab_size}){hint}"
+        )
+    return token_id
+
+
+class SentencePieceVocabulary:
+    """T5's ids: the pieces of a SentencePiece model, then ``extra_ids`` sentinels above them."""
 
     def __init__(self, model_file: str | os.PathLike | None = None, extra_ids: int = NUM_SENTINELS):
         """Load ``model_file`` (default: the model shipped with t5mini) and add ``extra_ids`` sentinels."""
-        path = shipped_model() if model_file is None else Path(model_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"SentencePiece model file not found: {path}")
-        if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
-            raise ValueError(f"extra_ids={extra_ids!r}; expected an int >= 0")
-        try:
-            self.sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
-        except RuntimeError as error:
-            raise ValueError(f"{path} is not a SentencePiece model: {error}") from None
-        self.model_file = path
-        self.extra_ids = extra_ids
+        self.model_file, self.sp = _load_sentencepiece(model_file)
+        self.extra_ids = check_int("extra_ids", extra_ids, 0)
         self.num_pieces = self.sp.get_piece_size()
-        for name in ("pad", "eos", "unk"):
-            if getattr(self.sp, f"{name}_id")() < 0:
-                raise ValueError(f"{path} defines no {name} piece; T5 needs pad, eos and unk")
         self.pad_id, self.eos_id, self.unk_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id()
-        # strings that stand for one id wherever they occur in the text
+        # the strings that stand for one id wherever they occur in a text
         specials = {self.sp.id_to_piece(i): i for i in (self.pad_id, self.eos_id, self.unk_id)}
-        specials |= {f"<extra_id_{i}>": self.sentinel_id(i) for i in range(extra_ids)}
-        self._special_ids = specials
-        alternatives = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
-        self._special_pattern = re.compile(f"({alternatives})")
+        specials |= {f"<extra_id_{i}>": self.sentinel_id(i) for i in range(self.extra_ids)}
+        self.special_ids = specials
+        longest_first = sorted(specials, key=len, reverse=True)
+        self.special_pattern = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")
 
     @property
     def vocab_size(self) -> int:
@@ -121,61 +212,88 @@ class Tokenizer:
         """Number of ids, the same as ``vocab_size``."""
         return self.vocab_size
 
-    def __repr__(self) -> str:
-        """Where the model came from and how many ids it has."""
-        return (
-            f"Tokenizer({str(self.model_file)!r}, pieces={self.num_pieces}, "
-            f"sentinels={self.extra_ids}, vocab_size={self.vocab_size})"
-        )
-
     def sentinel_id(self, i: int) -> int:
         """Id of ``<extra_id_i>``: ``<extra_id_0>`` is the highest id, and they count down."""
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.extra_ids:
-            raise ValueError(f"sentinel index i={i!r}; expected an int in [0, {self.extra_ids})")
-        return self.vocab_size - 1 - i
-
-    def is_special(self, token_id: int) -> bool:
-        """True for pad, eos, unk and the sentinels: what ``skip_special_tokens`` drops."""
-        self._check_id(token_id)
-        return (
-            token_id >= self.num_pieces
-            or self.sp.is_control(token_id)
-            or self.sp.is_unknown(token_id)
-        )
+        return self.vocab_size - 1 - check_int("i", i, 0, self.extra_ids - 1)
 
     def id_to_piece(self, token_id: int) -> str:
         """The piece (or ``<extra_id_N>``) that ``token_id`` stands for."""
-        self._check_id(token_id)
-        if token_id >= self.num_pieces:
+        token_id = _token_id("token_id", token_id, self.vocab_size)
+        if token_id >= self.num_pieces:  # a sentinel
             return f"<extra_id_{self.vocab_size - 1 - token_id}>"
         return self.sp.id_to_piece(token_id)
 
     def piece_to_id(self, piece: str) -> int:
         """The id of ``piece``; ``unk_id`` when the vocabulary has no such piece."""
-        if not isinstance(piece, str):
-            raise TypeError(f"piece_to_id() expects piece: str, got {type(piece).__name__}")
-        if piece in self._special_ids:
-            return self._special_ids[piece]
+        if _check_text("piece", piece) in self.special_ids:
+            return self.special_ids[piece]
         return self.sp.piece_to_id(piece)
+
+    def is_special(self, token_id: int) -> bool:
+        """True for pad, eos, unk and the sentinels: what ``skip_special_tokens`` drops."""
+        token_id = _token_id("token_id", token_id, self.vocab_size)
+        sp = self.sp
+        return token_id >= self.num_pieces or sp.is_control(token_id) or sp.is_unknown(token_id)
+
+    def __repr__(self) -> str:
+        """Where the model came from and how many ids it has."""
+        return (
+            f"{type(self).__name__}({str(self.model_file)!r}, pieces={self.num_pieces}, "
+            f"sentinels={self.extra_ids}, vocab_size={self.vocab_size})"
+        )
+
+
+def _token_ids(name: str, ids: Any, vocab_size: int) -> list[int]:
+    """``ids`` as a list of ints: a 1-D tensor or array, or a sequence of ids, but never a str."""
+    if hasattr(ids, "ndim") and hasattr(ids, "tolist"):  # a tensor or a NumPy array
+        if ids.ndim != 1:
+            raise ValueError(
+                f"{name} must be one sequence (1-D), got shape {tuple(ids.shape)}; "
+                "use batch_decode for a batch"
+            )
+        ids = ids.tolist()
+    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        got = f"{type(ids).__name__} {ids!r:.40}"
+        raise TypeError(f"{name} must be a sequence of token ids, got {got}")
+    return [
+        _token_id(f"{name}[{index}]", token_id, vocab_size) for index, token_id in enumerate(ids)
+    ]
+
+
+def _batch_token_ids(name: str, sequences: Any, vocab_size: int) -> list[list[int]]:
+    """``sequences`` as lists of ints: a 2-D tensor or array, or a sequence of id sequences."""
+    if hasattr(sequences, "ndim") and sequences.ndim != 2:
+        raise ValueError(f"{name} must be a batch (2-D), got shape {tuple(sequences.shape)}")
+    if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Iterable):
+        raise TypeError(f"{name} must be a batch of id sequences, got {type(sequences).__name__}")
+    return [_token_ids(f"{name}[{index}]", ids, vocab_size) for index, ids in enumerate(sequences)]
+
+
+class Tokenizer(SentencePieceVocabulary):
+    """T5's tokenizer: text to ids and back, for one text or a padded batch."""
+
+    def encode(self, text: str, add_eos: bool = True) -> list[int]:
+        """Token ids of ``text``, ``</s>`` appended; ``<extra_id_N>`` in the text maps to its sentinel."""
+        ids: list[int] = []
+        # even parts are plain text, odd parts the special strings between them
+        for index, part in enumerate(self.special_pattern.split(_check_text("text", text))):
+            if index % 2:
+                ids.append(self.special_ids[part])
+            elif part:
+                ids.extend(self.sp.encode(part))
+        return ids + [self.eos_id] if check_bool("add_eos", add_eos) else ids
 
     def tokenize(self, text: str) -> list[str]:
         """The pieces that ``text`` is cut into (no ``</s>``)."""
         return [self.id_to_piece(i) for i in self.encode(text, add_eos=False)]
 
-    def encode(self, text: str, add_eos: bool = True) -> list[int]:
-        """Token ids of ``text``, ``</s>`` appended; ``<extra_id_N>`` in the text maps to its sentinel."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode() expects text: str, got {type(text).__name__}")
-        ids: list[int] = []
-        # split with a capture group: even parts are plain text, odd parts special tokens
-        for index, part in enumerate(self._special_pattern.split(text)):
-            if index % 2:
-                ids.append(self._special_ids[part])
-            elif part:
-                ids.extend(self.sp.encode(part))
-        if add_eos:
-            ids.append(self.eos_id)
-        return ids
+    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        """The text of ``ids``: pieces joined, ``▁`` read as a space, the leading one dropped."""
+        ids = _token_ids("ids", ids, self.vocab_size)
+        if check_bool("skip_special_tokens", skip_special_tokens):
+            ids = [i for i in ids if not self.is_special(i)]
+        text = "".join(map(self.id_to_piece, ids)).replace("\u2581", " ")
+        return text.removeprefix(" ")  # the "▁" SentencePiece put before the first word
 
     def __call__(
         self,
@@ -187,87 +305,89 @@ class Tokenizer:
         return_tensors: str | None = "pt",
     ) -> dict[str, torch.Tensor | list[list[int]]]:
         """Encode a batch into ``input_ids`` and ``attention_mask``, right-padded with ``pad_id``."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"texts: expected a str or a list of str, got {type(texts).__name__}")
+        texts = [texts] if isinstance(texts, str) else check_texts("texts", texts)  # str: one text
         if not texts:
             raise ValueError("texts is empty; expected at least one string")
-        if padding not in (True, False, "longest", "max_length", "do_not_pad"):
-            raise ValueError(
-                f"padding={padding!r}; expected True, False, 'longest', 'max_length' or 'do_not_pad'"
-            )
-        if max_length is not None and (
-            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
-        ):
-            raise ValueError(f"max_length={max_length!r}; expected a positive int or None")
-        if truncation and max_length is None:
-            raise ValueError("truncation=True needs a max_length; got max_length=None")
-        if padding == "max_length" and max_length is None:
-            raise ValueError("padding='max_length' needs a max_length; got max_length=None")
-        if return_tensors not in ("pt", None):
-            raise ValueError(f"return_tensors={return_tensors!r}; expected 'pt' or None")
-
-        batch = [self.encode(text, add_eos=add_eos) for text in texts]
-        if truncation:
-            # as in transformers: cut the text, then put the </s> back at the end
-            eos = [self.eos_id] if add_eos else []
-            keep = max_length - len(eos)
-            batch = [ids if len(ids) <= max_length else ids[:keep] + eos for ids in batch]
-        lengths = [len(ids) for ids in batch]
-        if padding in (True, "longest"):
-            width = max(lengths, default=0)
-        elif padding == "max_length":
-            width = max([max_length, *lengths])  # longer rows stay longer when not truncated
-        else:
-            width = None
-        if width is not None:
-            batch = [ids + [self.pad_id] * (width - len(ids)) for ids in batch]
-        mask = [[1] * n + [0] * (len(ids) - n) for ids, n in zip(batch, lengths)]
-        if return_tensors is None:
-            return {"input_ids": batch, "attention_mask": mask}
-        if len({len(ids) for ids in batch}) > 1:
-            raise ValueError(
-                "padding=False gives rows of different lengths, which cannot form a tensor; "
-                "use padding=True or return_tensors=None"
-            )
-        return {
-            "input_ids": torch.tensor(batch, dtype=torch.long),  # (batch, seq_len)
-            "attention_mask": torch.tensor(mask, dtype=torch.long),  # (batch, seq_len)
-        }
-
-    def _check_id(self, token_id: int) -> None:
-        """Raise ``ValueError`` unless ``token_id`` is a valid id."""
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(
-                f"token id {token_id} is out of range: valid ids are 0..{self.vocab_size - 1}"
-                + (
-                    " (-100 marks ignored labels; replace it before decoding)"
-                    if token_id == -100
-                    else ""
-                )
-            )
-
-    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        """The text of ``ids``: pieces joined, ``▁`` read as a space, the leading one dropped."""
-        if isinstance(ids, torch.Tensor):
-            if ids.dim() != 1:
-                raise ValueError(
-                    f"decode() expects one sequence (1-D), got a tensor of shape {tuple(ids.shape)}; "
-                    "use batch_decode for a batch"
-                )
-            ids = ids.tolist()
-        pieces = []
-        for token_id in ids:
-            token_id = int(token_id)
-            if not (skip_special_tokens and self.is_special(token_id)):
-                pieces.append(self.id_to_piece(token_id))
-        text = "".join(pieces).replace("\u2581", " ")
-        # SentencePiece put a "▁" before the first word (its dummy prefix): take it back out
-        return text[1:] if pieces and pieces[0].startswith("\u2581") else text
+        batch = [self.encode(text, add_eos) for text in texts]
+        eos_id = self.eos_id if add_eos else None
+        return pad_batch(
+            batch, self.pad_id, max_length, padding, truncation, eos_id, return_tensors
+        )
 
     def batch_decode(
         self, sequences: Iterable[Iterable[int]] | torch.Tensor, skip_special_tokens: bool = False
     ) -> list[str]:
         """``decode`` each sequence of a batch (a 2-D tensor or a list of lists)."""
-        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in sequences]
+        batch = _batch_token_ids("sequences", sequences, self.vocab_size)
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+
+PADDING = (True, False, "longest", "max_length", "do_not_pad")  # as transformers names them
+
+
+def _check_padding(
+    batch: Any,
+    pad_id: Any,
+    max_length: Any,
+    padding: Any,
+    truncation: Any,
+    eos_id: Any,
+    return_tensors: Any,
+) -> None:
+    """Raise unless the arguments of ``pad_batch`` make sense, alone and together."""
+    if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence):
+        raise TypeError(f"batch must be a list of rows of token ids, got {type(batch).__name__}")
+    if not batch:
+        raise ValueError("batch is empty; expected at least one row of token ids")
+    for index, row in enumerate(batch):
+        if not isinstance(row, (list, tuple)):
+            raise TypeError(f"batch[{index}] must be a list of token ids, got {type(row).__name__}")
+    check_int("pad_id", pad_id, 0)
+    if eos_id is not None:
+        check_int("eos_id", eos_id, 0)
+    if max_length is not None:
+        check_int("max_length", max_length, 1)
+    check_choice("padding", padding, PADDING)
+    check_bool("truncation", truncation)
+    check_choice("return_tensors", return_tensors, ("pt", None))
+    for needs_length, setting in (
+        (truncation, "truncation=True"),
+        (padding == "max_length", "padding='max_length'"),
+    ):
+        if needs_length and max_length is None:
+            raise ValueError(f"max_length=None, but {setting} needs a max_length")
+
+
+def pad_batch(
+    batch: Sequence[Sequence[int]],
+    pad_id: int,
+    max_length: int | None = None,
+    padding: bool | str = True,
+    truncation: bool = False,
+    eos_id: int | None = None,
+    return_tensors: str | None = "pt",
+) -> dict[str, torch.Tensor | list[list[int]]]:
+    """Cut rows to ``max_length`` (``eos_id`` kept last) and right-pad them; 1 = token in the mask."""
+    _check_padding(batch, pad_id, max_length, padding, truncation, eos_id, return_tensors)
+    rows = [list(ids) for ids in batch]
+    if truncation:  # as in transformers: cut the text, then put the </s> back at the end
+        end = [] if eos_id is None else [eos_id]
+        rows = [
+            ids if len(ids) <= max_length else ids[: max_length - len(end)] + end for ids in rows
+        ]
+    lengths = [len(ids) for ids in rows]
+    if padding in (True, "longest", "max_length"):
+        width = max([max_length, *lengths]) if padding == "max_length" else max(lengths)
+        rows = [ids + [pad_id] * (width - len(ids)) for ids in rows]
+    mask = [[1] * n + [0] * (len(ids) - n) for ids, n in zip(rows, lengths)]
+    if return_tensors is None:
+        return {"input_ids": rows, "attention_mask": mask}
+    if len(set(map(len, rows))) > 1:
+        raise ValueError(
+            f"padding={padding!r} leaves rows of different lengths, which make no tensor; "
+            "use padding=True or return_tensors=None"
+        )
+    return {
+        "input_ids": torch.tensor(rows, dtype=torch.long),  # (batch, seq_len)
+        "attention_mask": torch.tensor(mask, dtype=torch.long),  # (batch, seq_len)
+    }

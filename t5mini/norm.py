@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from t5mini.checks import check_float, check_int
+
+
+def _check_hidden_states(hidden_states: Any, d_model: int) -> None:
+    """Raise unless ``hidden_states`` is a floating-point tensor whose last dimension is d_model."""
+    if not isinstance(hidden_states, torch.Tensor) or not hidden_states.is_floating_point():
+        got = (
+            hidden_states.dtype if isinstance(hidden_states, torch.Tensor) else type(hidden_states)
+        )
+        raise TypeError(f"hidden_states must be a floating-point tensor, got {got}")
+    if hidden_states.dim() == 0 or hidden_states.shape[-1] != d_model:
+        raise ValueError(
+            f"hidden_states must have d_model={d_model} features in its last dimension, "
+            f"got shape {tuple(hidden_states.shape)}"
+        )
 
 
 class RMSNorm(nn.Module):
@@ -12,16 +30,13 @@ class RMSNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = 1e-6) -> None:
         """A gain of ones over ``d_model`` features; ``eps`` keeps the rsqrt finite."""
         super().__init__()
-        if not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.weight = nn.Parameter(torch.ones(d_model))
-        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(check_int("d_model", d_model, 1)))
+        self.eps = check_float("eps", eps, 0, low_open=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of ``hidden_states`` and apply the learned gain."""
-        # Square and average in fp32: in fp16, |x| > 256 already overflows x**2.
+        _check_hidden_states(hidden_states, self.weight.shape[0])
+        # Square and average in fp32: in fp16, |x| >= 256 already overflows x**2.
         variance = hidden_states.float().pow(2).mean(-1, keepdim=True)  # (..., 1)
         hidden_states = hidden_states * torch.rsqrt(variance + self.eps)  # fp32 from here
         if self.weight.dtype in (torch.float16, torch.bfloat16):

@@ -36,3 +36,49 @@ def test_rmsnorm_values_and_fp16_overflow() -> None:
 def test_rmsnorm_rejects_bad_size() -> None:
     with pytest.raises(ValueError, match="d_model"):
         RMSNorm(0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,argument",
+    [
+        (dict(d_model=0), ValueError, "d_model"),
+        (dict(d_model=-4), ValueError, "d_model"),
+        (dict(d_model=2.5), TypeError, "d_model"),
+        (dict(d_model=True), TypeError, "d_model"),
+        (dict(d_model="8"), TypeError, "d_model"),
+        (dict(d_model=8, eps=0.0), ValueError, "eps"),
+        (dict(d_model=8, eps=-1e-6), ValueError, "eps"),
+        (dict(d_model=8, eps=float("nan")), ValueError, "eps"),
+        (dict(d_model=8, eps=float("inf")), ValueError, "eps"),
+        (dict(d_model=8, eps="1e-6"), TypeError, "eps"),
+        (dict(d_model=8, eps=None), TypeError, "eps"),
+    ],
+)
+def test_rmsnorm_rejects_bad_arguments(kwargs: dict, error: type, argument: str) -> None:
+    with pytest.raises(error, match=rf"^{argument}\b"):
+        RMSNorm(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "hidden_states,error",
+    [
+        (torch.ones(2, 8, dtype=torch.long), TypeError),  # ints would be normalised silently
+        (torch.ones(2, 8, dtype=torch.bool), TypeError),
+        ([[1.0] * 8], TypeError),
+        (torch.ones(2, 7), ValueError),  # the wrong number of features
+        (torch.ones(8, 2), ValueError),
+        (torch.tensor(1.0), ValueError),
+    ],
+)
+def test_rmsnorm_rejects_bad_input(hidden_states, error: type) -> None:
+    with pytest.raises(error, match=r"^hidden_states\b"):
+        RMSNorm(8)(hidden_states)
+
+
+def test_rmsnorm_accepts_numpy_sizes_and_int_eps() -> None:
+    import numpy as np
+
+    norm = RMSNorm(np.int64(8), eps=np.float32(1e-6))
+    assert norm.weight.shape == (8,) and isinstance(norm.eps, float)
+    assert RMSNorm(8, eps=1).eps == 1.0
+    assert norm(torch.ones(3, 8, dtype=torch.float64)).dtype == torch.float64

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from t5mini.attention import causal_bias, padding_bias
-from t5mini.checks import check_int
+from t5mini.attention import causal_bias, mask_value, padding_bias
+from t5mini.checks import check_bool, check_choice, check_float, check_ids, check_int, check_mask
 
 
 class KVCache:
@@ -143,11 +144,6 @@ def init_cache(
     )
 
 
-def _is_finite_number(value: Any) -> bool:
-    """A finite real number (int or float, not bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 @dataclass(frozen=True)
 class GenerationSettings:
     """The search settings of `generate`, validated once before the loop starts."""
@@ -161,47 +157,52 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
+    length_penalty_style: str = "transformers"  # |y|^α; "gnmt": ((5 + |y|) / 6)^α
     early_stopping: bool | str = False
     num_return_sequences: int = 1
     use_cache: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        """Raise a `ValueError` naming the first invalid setting."""
-        for name, low in (("max_new_tokens", 0), ("min_new_tokens", 0), ("top_k", 0),
-                          ("num_beams", 1), ("num_return_sequences", 1)):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        for name in ("do_sample", "use_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.do_sample and not (_is_finite_number(self.temperature) and self.temperature > 0):
-            raise ValueError(
-                f"temperature must be a finite number > 0 when do_sample=True, "
-                f"got {self.temperature!r}"
-            )
-        if not (_is_finite_number(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (_is_finite_number(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise ValueError(
-                f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}"
-            )
-        if not _is_finite_number(self.length_penalty):
-            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
-        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
-            raise ValueError(
-                f"early_stopping must be True, False or 'never', got {self.early_stopping!r}"
-            )
-        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            raise ValueError(
-                f"num_return_sequences must be <= num_beams ({self.num_beams}) in beam search, "
-                f"got {self.num_return_sequences}"
-            )
-        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences != 1:
-            raise ValueError(
-                f"num_return_sequences must be 1 for greedy search, got "
-                f"{self.num_return_sequences}; use do_sample=True or num_beams > 1"
-            )
+        """Raise a `TypeError` or `ValueError` naming the first invalid setting."""
+        check_generation_settings(self)
+
+
+MIN_TEMPERATURE = 1e-4  # scores / temperature stays finite for any sane logit
+MAX_LENGTH_PENALTY = 10.0  # |y| ** 10 is finite in float32 up to several thousand tokens
+
+
+def check_generation_settings(settings: GenerationSettings) -> None:
+    """Raise a `TypeError` or `ValueError` naming the first invalid setting."""
+    s = settings
+    for name, low in (
+        ("max_new_tokens", 0),
+        ("min_new_tokens", 0),
+        ("top_k", 0),
+        ("num_beams", 1),
+        ("num_return_sequences", 1),
+    ):
+        check_int(name, getattr(s, name), low)
+    for name in ("do_sample", "use_cache", "compile"):
+        check_bool(name, getattr(s, name))
+    check_float("temperature", s.temperature, MIN_TEMPERATURE if s.do_sample else None)
+    check_float("top_p", s.top_p, 0.0, 1.0, low_open=True)
+    check_float("repetition_penalty", s.repetition_penalty, 0.0, low_open=True)
+    check_float("length_penalty", s.length_penalty, -MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY)
+    check_choice("length_penalty_style", s.length_penalty_style, ("transformers", "gnmt"))
+    check_choice("early_stopping", s.early_stopping, (True, False, "never"))
+    if s.num_beams > 1 and s.num_return_sequences > s.num_beams:
+        raise ValueError(
+            f"num_return_sequences must be <= num_beams ({s.num_beams}) in beam "
+            f"search, got {s.num_return_sequences}"
+        )
+    if s.num_beams == 1 and not s.do_sample and s.num_return_sequences != 1:
+        raise ValueError(
+            f"num_return_sequences must be 1 for greedy search, got "
+            f"{s.num_return_sequences}; use do_sample=True or num_beams > 1"
+        )
+    if s.compile and not s.use_cache:
+        raise ValueError("compile=True decodes over the static KV cache; it needs use_cache=True")
 
 
 def apply_repetition_penalty(scores: Tensor, sequences: Tensor, penalty: float) -> Tensor:
@@ -274,9 +275,9 @@ class DecoderStepper:
 
     def __call__(self, sequences: Tensor) -> Tensor:
         """Float logits `(batch, vocab)` for the token after `sequences` `(batch, cur_len)`."""
-        if self.cache is None:  # the whole prefix again: O(cur_len) per step
+        if self.cache is None:  # the whole prefix again, every layer, every position
             logits = self.model.decode(sequences, self.encoder_hidden_states, self.attention_mask)
-        else:  # only what the cache has not seen: O(1) per step
+        else:  # only what the cache has not seen; attention still reads the whole cache
             logits = self.model.decode(
                 sequences[:, self.cache.length :],
                 self.encoder_hidden_states,
@@ -328,6 +329,78 @@ def sample_search(
     return out[:, :length]
 
 
+NEVER = -1.0e9  # the score that keeps a slot out of every top-k
+
+
+def length_penalty_divisor(length: int, settings: GenerationSettings) -> float:
+    """What a finished hypothesis' log-probability is divided by: |y|^α or ((5 + |y|) / 6)^α."""
+    base = (5 + length) / 6 if settings.length_penalty_style == "gnmt" else length
+    return base**settings.length_penalty
+
+
+def pick_candidates(
+    scores: Tensor, num_candidates: int, do_sample: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """The best (or, sampling, drawn) continuations: scores and flat indices, (batch, k) each."""
+    if do_sample:
+        picked = torch.multinomial(scores.softmax(dim=-1), num_candidates, generator=generator)
+        return scores.gather(1, picked), picked
+    return tuple(torch.topk(scores, num_candidates))
+
+
+def start_beams(
+    sequences: Tensor, num_beams: int, max_length: int, fill: int
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Running beams (only the first may expand) and an empty finished list, per example."""
+    batch_size, device = sequences.shape[0] // num_beams, sequences.device
+    running = torch.full((batch_size, num_beams, max_length), fill, dtype=torch.long, device=device)
+    running[:, :, :1] = sequences.view(batch_size, num_beams, 1)
+    running_scores = torch.zeros(batch_size, num_beams, device=device)
+    running_scores[:, 1:] = NEVER  # identical beams at the start: only the first expands
+    empty = torch.zeros(batch_size, num_beams, dtype=torch.bool, device=device)
+    finished = (running.clone(), torch.full_like(running_scores, NEVER), empty.long(), empty)
+    return running, running_scores, finished  # finished: sequences, scores, lengths, is_finished
+
+
+def keep_best_finished(
+    finished: tuple[Tensor, Tensor, Tensor, Tensor],
+    candidates: Tensor,
+    candidate_scores: Tensor,
+    length: int,
+    is_new: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Merge new finished hypotheses into (sequences, scores, lengths, is_finished); keep the best."""
+    sequences, scores, lengths, is_finished = finished
+    num_beams = scores.shape[1]
+    merged_scores = torch.cat([scores, candidate_scores], dim=1)
+    best = torch.topk(merged_scores, num_beams).indices  # (batch, num_beams)
+    new_lengths = torch.full_like(is_new, length, dtype=torch.long)
+    return (
+        torch.cat([sequences, candidates], dim=1).take_along_dim(best[:, :, None], dim=1),
+        merged_scores.gather(1, best),
+        torch.cat([lengths, new_lengths], dim=1).gather(1, best),
+        torch.cat([is_finished, is_new], dim=1).gather(1, best),
+    )
+
+
+def can_still_improve(
+    running_scores: Tensor,
+    finished: tuple,
+    cur_len: int,
+    max_length: int,
+    settings: GenerationSettings,
+) -> Tensor:
+    """(batch, 1): may the best running beam still beat the worst finished hypothesis?"""
+    _, scores, _, is_finished = finished
+    if settings.early_stopping == "never" and settings.length_penalty > 0:
+        best_length = max_length - 1  # the longest it could become: a true bound
+    else:
+        best_length = cur_len - 1  # its length now: a heuristic when α > 0
+    best_possible = running_scores[:, :1] / length_penalty_divisor(best_length, settings)
+    worst = torch.where(is_finished, scores.min(dim=1, keepdim=True).values, NEVER)
+    return (best_possible > worst).any(dim=-1, keepdim=True)
+
+
 @dataclass
 class BeamStep:
     """What beam search holds after one step, for whoever wants to watch (`on_step`)."""
@@ -340,6 +413,7 @@ class BeamStep:
     finished_scores: Tensor  # (batch, num_beams) their length-normalised scores
     finished_lengths: Tensor  # (batch, num_beams) their generated lengths, EOS included
     is_finished: Tensor  # (batch, num_beams) False where a slot holds no hypothesis yet
+    at_limit: Tensor  # (batch, num_beams) True where a hypothesis was cut by the length limit
 
 
 def beam_search(
@@ -353,85 +427,192 @@ def beam_search(
 ) -> Tensor:
     """Beam search from `(batch * num_beams, 1)` start tokens -> `(batch * num_return_sequences, len)`."""
     num_beams, device = settings.num_beams, sequences.device
-    batch_size = sequences.shape[0] // num_beams
-    max_length = 1 + settings.max_new_tokens
-    num_candidates = 2 * num_beams
-    never = -1.0e9  # the score that keeps a slot out of every top-k
+    batch_size, max_length = sequences.shape[0] // num_beams, 1 + settings.max_new_tokens
     fill = pad_token_id or eos_token_id  # as transformers: EOS when pad is 0
-    running = torch.full((batch_size, num_beams, max_length), fill, dtype=torch.long, device=device)
-    running[:, :, :1] = sequences.view(batch_size, num_beams, 1)
-    running_scores = torch.zeros(batch_size, num_beams, device=device)
-    running_scores[:, 1:] = never  # identical beams at the start: only the first expands
-    finished = running.clone()  # (batch, num_beams, max_length)
-    finished_scores = torch.full((batch_size, num_beams), never, device=device)
-    finished_lengths = torch.zeros(batch_size, num_beams, dtype=torch.long, device=device)
-    is_finished = torch.zeros(batch_size, num_beams, dtype=torch.bool, device=device)
+    running, running_scores, finished = start_beams(sequences, num_beams, max_length, fill)
     can_improve = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
-    in_top_beams = torch.arange(num_candidates, device=device) < num_beams
+    in_top_beams = torch.arange(2 * num_beams, device=device) < num_beams
     batch_offset = torch.arange(batch_size, device=device)[:, None] * num_beams  # (batch, 1)
-    cur_len = 1
-    while True:
+    for cur_len in range(1, max_length):
         flat = running[:, :, :cur_len].reshape(batch_size * num_beams, cur_len)
-        log_probs = F.log_softmax(step(flat), dim=-1)  # (batch * num_beams, vocab)
-        log_probs = process_scores(log_probs, flat, settings, eos_token_id)
+        log_probs = process_scores(F.log_softmax(step(flat), dim=-1), flat, settings, eos_token_id)
         if settings.do_sample:
             log_probs = warp_scores(log_probs, settings, min_tokens_to_keep=2)
         vocab_size = log_probs.shape[-1]
         scores = log_probs.view(batch_size, num_beams, vocab_size) + running_scores[:, :, None]
-        scores = scores.view(batch_size, num_beams * vocab_size)
         # 1. the best 2 * num_beams continuations over all beams of an example
-        if settings.do_sample:
-            picked = torch.multinomial(scores.softmax(dim=-1), num_candidates, generator=generator)
-            cand_scores = scores.gather(1, picked)
-        else:
-            cand_scores, picked = torch.topk(scores, num_candidates)  # (batch, num_candidates)
+        scores = scores.view(batch_size, num_beams * vocab_size)
+        cand_scores, picked = pick_candidates(scores, 2 * num_beams, settings.do_sample, generator)
         cand_parent, cand_token = picked // vocab_size, picked % vocab_size
         candidates = running.take_along_dim(cand_parent[:, :, None], dim=1)
-        candidates[:, :, cur_len] = cand_token  # (batch, num_candidates, max_length)
+        candidates[:, :, cur_len] = cand_token  # (batch, 2 * num_beams, max_length)
         done = (cand_token == eos_token_id) | (cur_len + 1 >= max_length)
         # 2. the best num_beams unfinished continuations run on
-        cand_running = cand_scores + done.float() * never
+        cand_running = cand_scores + done.float() * NEVER
         keep = torch.topk(cand_running, num_beams).indices  # (batch, num_beams)
         running = candidates.take_along_dim(keep[:, :, None], dim=1)
-        running_scores = cand_running.gather(1, keep)
-        parents = cand_parent.gather(1, keep)
-        # 3. finished continuations (among the top num_beams) compete, length-normalised,
-        #    with the hypotheses finished before; the best num_beams are kept
-        new_length = cur_len  # tokens generated by this continuation, EOS included
-        cand_final = cand_scores / (new_length**settings.length_penalty)
-        example_full = is_finished.all(dim=-1, keepdim=True) & (settings.early_stopping is True)
-        cand_final += example_full.float() * never
-        cand_final += (~can_improve).float() * never
-        cand_final += ~(done & in_top_beams) * never
-        merged_scores = torch.cat([finished_scores, cand_final], dim=1)
-        best = torch.topk(merged_scores, num_beams).indices
-        finished_scores = merged_scores.gather(1, best)
-        finished = torch.cat([finished, candidates], dim=1).take_along_dim(best[:, :, None], dim=1)
-        lengths = torch.full_like(cand_token, new_length)
-        finished_lengths = torch.cat([finished_lengths, lengths], dim=1).gather(1, best)
-        is_finished = torch.cat([is_finished, done & in_top_beams], dim=1).gather(1, best)
+        running_scores, parents = cand_running.gather(1, keep), cand_parent.gather(1, keep)
+        # 3. finished continuations among the top num_beams compete, length-normalised
+        cand_final = cand_scores / length_penalty_divisor(cur_len, settings)
+        example_full = finished[3].all(dim=-1, keepdim=True) & (settings.early_stopping is True)
+        cand_final += example_full.float() * NEVER
+        cand_final += (~can_improve).float() * NEVER
+        cand_final += ~(done & in_top_beams) * NEVER
+        is_new = done & in_top_beams
+        finished = keep_best_finished(finished, candidates, cand_final, cur_len, is_new)
         if on_step is not None:
-            on_step(BeamStep(cur_len, running[:, :, : cur_len + 1], running_scores, parents,
-                             finished, finished_scores, finished_lengths, is_finished))  # fmt: skip
-        cur_len += 1
-        # 4. can a running beam still beat the worst finished hypothesis?
-        if settings.early_stopping == "never" and settings.length_penalty > 0:
-            best_length = max_length - 1
-        else:
-            best_length = cur_len - 1
-        best_possible = running_scores[:, :1] / (best_length**settings.length_penalty)
-        worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, never)
-        can_improve = can_improve & (best_possible > worst).any(dim=-1, keepdim=True)
-        all_full = is_finished.all() & (settings.early_stopping is True)
+            last_token = finished[0].gather(2, finished[2][:, :, None])[..., 0]  # (batch, beams)
+            at_limit = finished[3] & (last_token != eos_token_id)
+            running_so_far = running[:, :, : cur_len + 1]
+            on_step(BeamStep(cur_len, running_so_far, running_scores, parents, *finished, at_limit))
+        # 4. stop when no example can improve, or every example is full (early stopping)
+        can_improve &= can_still_improve(
+            running_scores, finished, cur_len + 1, max_length, settings
+        )
+        all_full = finished[3].all() & (settings.early_stopping is True)
         if not (can_improve.any() & ~all_full & ~done.all()):
             break
         step.reorder((parents + batch_offset).view(-1))  # the cache follows the beams
+    sequences, _, lengths, _ = finished
     num_return = settings.num_return_sequences
-    finished = finished[:, :num_return].reshape(batch_size * num_return, max_length)
-    return finished[:, : 1 + int(finished_lengths[:, :num_return].max())]
+    sequences = sequences[:, :num_return].reshape(batch_size * num_return, max_length)
+    return sequences[:, : 1 + int(lengths[:, :num_return].max())]
 
 
-@torch.inference_mode()
+class StaticKVCache(KVCache):
+    """A KVCache written at a position tensor and read whole: the same shapes at every step."""
+
+    position: Tensor  # (1,) int64, set by the StaticDecoderStep that owns the cache
+
+    def update(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new (batch, heads, 1, d_kv) key and value at `position`; return every slot."""
+        self.key.index_copy_(2, self.position, key)
+        self.value.index_copy_(2, self.position, value)
+        return self.key, self.value  # (batch, heads, max_length, d_kv): later slots masked
+
+
+class StaticDecoderStep:
+    """Next-token logits over a preallocated cache whose shapes never change, compiled once."""
+
+    def __init__(self, model: Any, batch_size: int, src_len: int, max_length: int) -> None:
+        """Allocate every buffer once: self K/V per layer, cross K/V, padding bias, bias row."""
+        config, weight = model.config, model.decoder.blocks[0].self_attention.k.weight
+        heads, device = config.num_heads, weight.device
+        self.model_ref, self.max_length, self.length = weakref.ref(model), max_length, 0
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_positions = torch.arange(max_length, device=device)
+        self.input_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.self_attention = [
+            StaticKVCache(batch_size, heads, max_length, config.d_kv, weight.dtype, device)
+            for _ in model.decoder.blocks
+        ]
+        for layer in self.self_attention:
+            layer.position = self.position
+        cross = torch.zeros(
+            batch_size, heads, src_len, config.d_kv, dtype=weight.dtype, device=device
+        )
+        self.cross_attention = [(cross.clone(), cross.clone()) for _ in model.decoder.blocks]
+        self.cross_bias = torch.zeros(batch_size, 1, 1, src_len, dtype=weight.dtype, device=device)
+        self.bias_by_key = torch.zeros(heads, max_length, dtype=weight.dtype, device=device)
+
+    def self_bias(self) -> Tensor:
+        """The new query's bias over every slot, later slots masked: (1, heads, 1, max_length)."""
+        last = self.max_length - 1
+        index = (self.key_positions + last - self.position).clamp(max=last)  # distance t - j
+        bias = self.bias_by_key[:, index]  # (heads, max_length)
+        future = self.key_positions > self.position
+        return bias.masked_fill(future, mask_value(bias.dtype))[None, :, None, :]
+
+    def forward(self, model: Any, input_ids: Tensor) -> Tensor:
+        """One decoding step at `position`, every shape static: logits (batch, vocab)."""
+        decoder = model.decoder
+        hidden_states = decoder.dropout(model.embedding(input_ids))  # (batch, 1, d_model)
+        bias = self.self_bias()
+        for block, layer_cache, cross_key_value in zip(
+            decoder.blocks, self.self_attention, self.cross_attention
+        ):
+            hidden_states = block(
+                hidden_states, bias, None, self.cross_bias, layer_cache, cross_key_value
+            )
+        hidden_states = decoder.dropout(decoder.final_norm(hidden_states))
+        return model.lm_logits(hidden_states)[:, -1].float()
+
+
+class CompiledStepper(StaticDecoderStep):
+    """`DecoderStepper`'s interface over a `StaticDecoderStep` whose `forward` is compiled."""
+
+    def __init__(self, model: Any, batch_size: int, src_len: int, max_length: int) -> None:
+        """Allocate the buffers and wrap `forward` in `torch.compile` (traced on the first call)."""
+        super().__init__(model, batch_size, src_len, max_length)
+        self.on_cuda = self.position.device.type == "cuda"
+        mode = "reduce-overhead" if self.on_cuda else None  # CUDA graphs on a GPU
+        self.compiled = torch.compile(self.forward, mode=mode, fullgraph=True, dynamic=False)
+
+    def __call__(self, sequences: Tensor) -> Tensor:
+        """Float logits (batch, vocab) for the token after `sequences`; one new token per call."""
+        self.position.fill_(self.length)
+        self.input_ids.copy_(sequences[:, -1:])  # a fixed buffer: the same input every step
+        if self.on_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = self.compiled(self.model_ref(), self.input_ids)
+        self.length += 1
+        return logits.clone() if self.on_cuda else logits  # a CUDA graph reuses its output
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (beam search) in place: the buffers keep their addresses."""
+        for layer in self.self_attention:
+            layer.reorder(index)
+        for key, value in self.cross_attention:
+            key.copy_(key.index_select(0, index))
+            value.copy_(value.index_select(0, index))
+        self.cross_bias.copy_(self.cross_bias.index_select(0, index))
+
+    def reset(self, encoder_hidden_states: Tensor, attention_mask: Tensor | None) -> None:
+        """Fill the buffers for new encoder states (batch, src_len, d_model); nothing cached yet."""
+        cache = init_cache(self.model_ref(), encoder_hidden_states, attention_mask, self.max_length)
+        for (key, value), (new_key, new_value) in zip(self.cross_attention, cache.cross_attention):
+            key.copy_(new_key)
+            value.copy_(new_value)
+        if cache.cross_bias is None:
+            self.cross_bias.zero_()
+        else:
+            self.cross_bias.copy_(cache.cross_bias)
+        self.bias_by_key.copy_(cache.bias_by_key)
+        for layer in self.self_attention:
+            layer.key.zero_()
+            layer.value.zero_()
+        self.length = 0
+
+
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_stepper(
+    model: Any, encoder_hidden_states: Tensor, attention_mask: Tensor | None, max_length: int
+) -> CompiledStepper:
+    """The model's compiled step for this shape (compiled and warmed up on first use), reset."""
+    batch_size, src_len, _ = encoder_hidden_states.shape
+    weight = model.decoder.blocks[0].self_attention.k.weight
+    key = (batch_size, src_len, max_length, weight.dtype, weight.device)
+    steps = _compiled_steps.setdefault(model, {})
+    if key not in steps:
+        step = CompiledStepper(model, batch_size, src_len, max_length)
+        step.reset(encoder_hidden_states, attention_mask)
+        started = time.perf_counter()
+        warm_up = step.input_ids.new_zeros(batch_size, 1)
+        for _ in range(3 if step.on_cuda else 1):  # CUDA graphs are recorded on a later call
+            step(warm_up)
+        print(
+            f"t5mini.generation: compiled the decoding step for batch {batch_size}, source "
+            f"length {src_len}, max_length {max_length}, {weight.dtype} on {weight.device} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+        steps[key] = step
+    steps[key].reset(encoder_hidden_states, attention_mask)
+    return steps[key]
+
+
+@torch.no_grad()
 def generate(
     model: Any,
     input_ids: Tensor,
@@ -446,39 +627,34 @@ def generate(
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
     length_penalty: float = 1.0,
+    length_penalty_style: str = "transformers",
     early_stopping: bool | str = False,
     num_return_sequences: int = 1,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> Tensor:
     """Output ids `(batch * num_return_sequences, 1 + new_len)`, each row led by the start token."""
     settings = GenerationSettings(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        num_beams=num_beams,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=0 if top_k is None else top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        length_penalty=length_penalty,
-        early_stopping=early_stopping,
-        num_return_sequences=num_return_sequences,
-        use_cache=use_cache,
+        max_new_tokens,
+        min_new_tokens,
+        num_beams,
+        do_sample,
+        temperature,
+        0 if top_k is None else top_k,
+        top_p,
+        repetition_penalty,
+        length_penalty,
+        length_penalty_style,
+        early_stopping,
+        num_return_sequences,
+        use_cache,
+        compile,
     )
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be an integer tensor (batch, src_len), got {got}")
-    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(
-            f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {generator!r}")
+    check_inputs(model, input_ids, attention_mask, generator)
     config = model.config
     start = input_ids.new_full((input_ids.shape[0], 1), config.decoder_start_token_id)
-    if settings.max_new_tokens == 0:
+    if settings.max_new_tokens == 0 or input_ids.shape[0] == 0:  # nothing to generate
         return start.repeat_interleave(settings.num_return_sequences, dim=0)
     encoder_hidden_states = model.encode(input_ids, attention_mask)  # (batch, src_len, d_model)
     copies = settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences
@@ -487,8 +663,20 @@ def generate(
         if attention_mask is not None:
             attention_mask = attention_mask.repeat_interleave(copies, dim=0)
         start = start.repeat_interleave(copies, dim=0)
-    step = DecoderStepper(
-        model, encoder_hidden_states, attention_mask, 1 + settings.max_new_tokens, use_cache
-    )
+    max_length = 1 + settings.max_new_tokens
+    if settings.compile:
+        step = compiled_stepper(model, encoder_hidden_states, attention_mask, max_length)
+    else:
+        step = DecoderStepper(model, encoder_hidden_states, attention_mask, max_length, use_cache)
     search = beam_search if settings.num_beams > 1 else sample_search
     return search(step, start, settings, config.eos_token_id, config.pad_token_id, generator)
+
+
+def check_inputs(
+    model: Any, input_ids: Tensor, attention_mask: Tensor | None, generator: Any
+) -> None:
+    """Raise a `TypeError` or `ValueError` naming the first invalid input of `generate`."""
+    check_ids("input_ids", input_ids, model.config.vocab_size)
+    check_mask("attention_mask", attention_mask, input_ids, "input_ids")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r:.40}")

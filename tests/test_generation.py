@@ -12,6 +12,8 @@ import copy
 import pytest
 import torch
 import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from transformers.generation import logits_process as hf_lp
 
 from t5mini.attention import T5Attention, causal_bias
@@ -396,51 +398,158 @@ def test_generate_function_and_method_agree():
 
 # --- invalid arguments -----------------------------------------------------------------------
 
+BAD_ARGUMENTS = [
+    (dict(num_beams=0), ValueError, "num_beams"),
+    (dict(num_beams=2.0), TypeError, "num_beams"),
+    (dict(num_beams=True), TypeError, "num_beams"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(top_p=float("nan")), ValueError, "top_p"),
+    (dict(top_p="0.9"), TypeError, "top_p"),
+    (dict(do_sample=True, temperature=0.0), ValueError, "temperature"),
+    (dict(do_sample=True, temperature=-1.0), ValueError, "temperature"),
+    (dict(do_sample=True, temperature=1e-300), ValueError, "temperature"),
+    (dict(do_sample=True, temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature="hot"), TypeError, "temperature"),
+    (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
+    (dict(max_new_tokens=2.5), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=None), TypeError, "max_new_tokens"),
+    (dict(min_new_tokens=-2), ValueError, "min_new_tokens"),
+    (dict(min_new_tokens=1.0), TypeError, "min_new_tokens"),
+    (dict(top_k=-1), ValueError, "top_k"),
+    (dict(top_k=5.0), TypeError, "top_k"),
+    (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
+    (dict(repetition_penalty=float("inf")), ValueError, "repetition_penalty"),
+    (dict(repetition_penalty=[1.2]), TypeError, "repetition_penalty"),
+    (dict(num_beams=2, length_penalty=float("inf")), ValueError, "length_penalty"),
+    (dict(num_beams=2, length_penalty=1e6), ValueError, "length_penalty"),
+    (dict(num_beams=2, length_penalty=-1e6), ValueError, "length_penalty"),
+    (dict(num_beams=2, length_penalty="long"), TypeError, "length_penalty"),
+    (dict(num_beams=2, length_penalty_style="t5"), ValueError, "length_penalty_style"),
+    (dict(num_beams=2, length_penalty_style=None), ValueError, "length_penalty_style"),
+    (dict(num_return_sequences=0), ValueError, "num_return_sequences"),
+    (dict(num_beams=2, num_return_sequences=3), ValueError, "num_return_sequences"),
+    (dict(num_return_sequences=2), ValueError, "num_return_sequences"),
+    (dict(num_return_sequences=1.0), TypeError, "num_return_sequences"),
+    (dict(num_beams=2, early_stopping="sometimes"), ValueError, "early_stopping"),
+    (dict(num_beams=2, early_stopping=1), ValueError, "early_stopping"),
+    (dict(do_sample="yes"), TypeError, "do_sample"),
+    (dict(do_sample=1), TypeError, "do_sample"),
+    (dict(use_cache=1), TypeError, "use_cache"),
+    (dict(compile="yes"), TypeError, "compile"),
+    (dict(compile=True, use_cache=False), ValueError, "use_cache"),
+    (dict(generator=1234), TypeError, "generator"),
+]
+
 
 @pytest.mark.parametrize(
-    "kwargs, name",
-    [
-        (dict(num_beams=0), "num_beams"),
-        (dict(num_beams=2.0), "num_beams"),
-        (dict(top_p=0.0), "top_p"),
-        (dict(top_p=1.5), "top_p"),
-        (dict(do_sample=True, temperature=0.0), "temperature"),
-        (dict(do_sample=True, temperature=-1.0), "temperature"),
-        (dict(max_new_tokens=-1), "max_new_tokens"),
-        (dict(min_new_tokens=-2), "min_new_tokens"),
-        (dict(top_k=-1), "top_k"),
-        (dict(repetition_penalty=0.0), "repetition_penalty"),
-        (dict(num_return_sequences=0), "num_return_sequences"),
-        (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
-        (dict(num_return_sequences=2), "num_return_sequences"),
-        (dict(num_beams=2, early_stopping="sometimes"), "early_stopping"),
-        (dict(num_beams=2, early_stopping=1), "early_stopping"),
-        (dict(do_sample=True, temperature=float("nan")), "temperature"),
-        (dict(top_p=float("nan")), "top_p"),
-        (dict(repetition_penalty=float("inf")), "repetition_penalty"),
-        (dict(num_beams=2, length_penalty=float("inf")), "length_penalty"),
-        (dict(max_new_tokens=2.5), "max_new_tokens"),
-        (dict(do_sample="yes"), "do_sample"),
-        (dict(use_cache=1), "use_cache"),
-        (dict(generator=1234), "generator"),
-    ],
+    "kwargs, error, name", BAD_ARGUMENTS, ids=[str(kwargs) for kwargs, _, _ in BAD_ARGUMENTS]
 )
-def test_invalid_arguments_raise_value_error_naming_them(kwargs, name):
+def test_bad_arguments_raise_errors_naming_them(kwargs, error, name):
     _, model = reference_pair(0)
     input_ids, attention_mask = padded_batch(0)
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         model.generate(input_ids, attention_mask=attention_mask, **kwargs)
 
 
-def test_invalid_inputs_raise():
+@pytest.mark.parametrize(
+    "input_ids, attention_mask, error, name",
+    [
+        (torch.ones(4, dtype=torch.long), None, ValueError, "input_ids"),  # not (batch, len)
+        (torch.ones(2, 3), None, TypeError, "input_ids"),  # float ids
+        (torch.ones(2, 3, dtype=torch.int16), None, TypeError, "input_ids"),
+        ([[5, 6, 7]], None, TypeError, "input_ids"),  # a list, not a tensor
+        (torch.full((2, 3), VOCAB), None, ValueError, "input_ids"),  # outside the vocabulary
+        (torch.full((2, 3), -1), None, ValueError, "input_ids"),
+        (torch.ones(2, 0, dtype=torch.long), None, ValueError, "input_ids"),  # no tokens
+        (torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4), ValueError, "attention_mask"),
+        (torch.ones(2, 3, dtype=torch.long), [[1, 1, 1]] * 2, TypeError, "attention_mask"),
+    ],
+)
+def test_bad_inputs_raise_errors_naming_them(input_ids, attention_mask, error, name):
+    _, model = reference_pair(0)
+    with pytest.raises(error, match=name):
+        model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=3)
+
+
+def test_generate_returns_an_ordinary_tensor():
+    """Not an inference tensor: the caller may modify it in place."""
     _, model = reference_pair(0)
     input_ids, attention_mask = padded_batch(0)
-    with pytest.raises(ValueError, match="input_ids"):
-        model.generate(input_ids[0])
-    with pytest.raises(ValueError, match="input_ids"):
-        model.generate(input_ids.float())
-    with pytest.raises(ValueError, match="attention_mask"):
-        model.generate(input_ids, attention_mask=attention_mask[:, :3])
+    for kwargs in (dict(), dict(num_beams=2), dict(max_new_tokens=0)):
+        out = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+        assert not out.is_inference()
+        out.masked_fill_(out == 0, 5)  # raises for an inference tensor
+        assert (out != 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(num_beams=3, num_return_sequences=2),
+        dict(do_sample=True, num_return_sequences=2),
+    ],
+)
+def test_an_empty_batch_gives_an_empty_result(kwargs):
+    _, model = reference_pair(0)
+    input_ids = torch.zeros(0, 5, dtype=torch.long)
+    out = model.generate(input_ids, attention_mask=torch.ones(0, 5), max_new_tokens=4, **kwargs)
+    assert out.shape == (0, 1) and out.dtype == torch.long
+
+
+def test_extreme_but_valid_penalties_and_temperature_work():
+    _, model = reference_pair(0)
+    input_ids, attention_mask = padded_batch(0)
+    for length_penalty in (10.0, -10.0):  # the bounds: |y| ** alpha stays finite
+        out = model.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=12, num_beams=3,
+            length_penalty=length_penalty,
+        )  # fmt: skip
+        assert out.shape[0] == 5
+    # the smallest temperature allowed samples (almost) greedily, without NaN
+    greedy = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8)
+    cold = model.generate(
+        input_ids, attention_mask=attention_mask, max_new_tokens=8, do_sample=True, top_k=0,
+        temperature=1e-4, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    torch.testing.assert_close(cold, greedy, rtol=0, atol=0)
+
+
+def test_gnmt_length_penalty_uses_its_own_normaliser():
+    """length_penalty_style="gnmt" ranks finished hypotheses by log p / ((5 + |y|) / 6) ** α."""
+    from t5mini.generation import BeamStep, DecoderStepper, GenerationSettings, beam_search
+
+    _, model = reference_pair(0)
+    input_ids, attention_mask = padded_batch(0)
+    scores = {}
+    for style in ("transformers", "gnmt"):
+        settings = GenerationSettings(
+            max_new_tokens=8, num_beams=3, length_penalty=0.6, length_penalty_style=style
+        )
+        history: list[BeamStep] = []
+        with torch.no_grad():
+            states = model.encode(input_ids, attention_mask).repeat_interleave(3, dim=0)
+            step = DecoderStepper(model, states, attention_mask.repeat_interleave(3, dim=0), 9)
+            beam_search(step, torch.zeros(15, 1, dtype=torch.long), settings, EOS, 0,
+                        on_step=history.append)  # fmt: skip
+        final = history[-1]
+        divisor = final.finished_lengths.double()
+        divisor = (5 + divisor) / 6 if style == "gnmt" else divisor
+        log_p = final.finished_scores.double() * divisor**0.6  # undo the normalisation
+        with torch.no_grad():  # recompute log p of each hypothesis by a teacher-forced pass
+            for row in range(5):
+                for slot in range(3):
+                    length = int(final.finished_lengths[row, slot])
+                    ids = final.finished[row, slot, : 1 + length][None]
+                    logits = model(
+                        input_ids[row : row + 1], attention_mask[row : row + 1],
+                        decoder_input_ids=ids[:, :-1],
+                    ).logits  # fmt: skip
+                    total = logits.log_softmax(-1).gather(2, ids[:, 1:, None]).sum().double()
+                    torch.testing.assert_close(log_p[row, slot], total, rtol=1e-4, atol=1e-3)
+        scores[style] = final.finished_scores
+    assert not torch.equal(scores["transformers"], scores["gnmt"])
 
 
 def test_kv_cache_matches_full_causal_attention() -> None:
@@ -472,3 +581,44 @@ def test_kv_cache_overflow_and_reorder() -> None:
     assert cache.key[:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0]
     cache.reorder(torch.tensor([0, 1, 1, 2, 2]))  # grows the batch (beam expansion)
     assert cache.key.shape[0] == 5 and cache.value[:, 0, 0, 0].tolist() == [2.0, 2.0, 2.0, 0.0, 0.0]
+
+
+# --- memory: linear in max_length ------------------------------------------------------------
+
+
+class _AllocationAudit(TorchDispatchMode):
+    """Records the number of elements of every tensor an operation returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self.sizes.append(value.numel())
+        return out
+
+
+def test_init_cache_plans_memory_linear_in_max_length():
+    _, model = reference_pair(0)
+    heads, d_kv, max_length = model.config.num_heads, model.config.d_kv, 4000
+    audit = _AllocationAudit()
+    with torch.no_grad(), audit:
+        cache = init_cache(model, torch.randn(2, 5, 32), None, max_length=max_length)
+    assert cache.bias_by_key.shape == (heads, max_length)
+    assert cache.bias_by_key.numel() == heads * max_length
+    # the largest tensors are the K/V slots, (batch, heads, max_length, d_kv); none is L x L
+    assert max(audit.sizes) == 2 * heads * max_length * d_kv
+    assert max(audit.sizes) < max_length * max_length // 16
+
+
+def test_generation_that_stops_early_never_plans_quadratic_memory():
+    _, model = reference_pair(1, eos_weight=2.0)
+    input_ids, attention_mask = padded_batch(1)
+    audit = _AllocationAudit()
+    with audit:
+        out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4000)
+    assert out.shape[1] < 100  # EOS everywhere long before the limit
+    assert max(audit.sizes) < 4000 * 4000 // 16

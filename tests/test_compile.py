@@ -1,0 +1,116 @@
+"""generate(..., compile=True): the static-shape step gives the tokens of eager decoding.
+
+Compiling costs seconds per shape, so the tests share compiled steps: each model and shape
+is compiled once (the step is cached on the model) and reused by every test that follows.
+The static step's logic is also checked uncompiled, which is cheap.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from t5mini.generation import (
+    StaticDecoderStep,
+    _compiled_steps,
+    init_cache,
+)
+from tests.test_generation import EOS, padded_batch, reference_pair
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A 2 + 2 layer model (gated GELU, untied) and its padded batch, shared by the tests."""
+    _, model = reference_pair(0)
+    return model, *padded_batch(0)
+
+
+def test_static_step_uncompiled_equals_the_cached_decoder(pair):
+    model, input_ids, attention_mask = pair
+    decoder_input_ids = torch.randint(2, 90, (5, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        states = model.encode(input_ids, attention_mask)
+        cache = init_cache(model, states, attention_mask, max_length=9)
+        step = StaticDecoderStep(model, 5, input_ids.shape[1], max_length=9)
+        for (key, value), (new_key, new_value) in zip(step.cross_attention, cache.cross_attention):
+            key.copy_(new_key)
+            value.copy_(new_value)
+        step.cross_bias.copy_(cache.cross_bias)
+        step.bias_by_key.copy_(cache.bias_by_key)
+        for t in range(7):
+            step.position.fill_(t)
+            # the bias of one query at t: DecoderCache's slice, then masked slots after t
+            expected_bias = cache.self_bias(1)  # (1, heads, 1, t + 1)
+            bias = step.self_bias()  # (1, heads, 1, max_length)
+            torch.testing.assert_close(bias[..., : t + 1], expected_bias, rtol=0, atol=0)
+            assert (bias[..., t + 1 :] == torch.finfo(bias.dtype).min).all()
+            expected = model.decode(decoder_input_ids[:, t : t + 1], states, attention_mask, cache)
+            got = step.forward(model, decoder_input_ids[:, t : t + 1])
+            scale = expected.abs().max().item()
+            torch.testing.assert_close(got, expected[:, -1], rtol=1e-5, atol=1e-5 * scale)
+
+
+def _unique_graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def test_compiled_greedy_and_sampling_equal_eager(pair):
+    model, input_ids, attention_mask = pair
+    graphs = _unique_graphs()
+    runs = [
+        dict(max_new_tokens=10),
+        dict(max_new_tokens=10, repetition_penalty=1.3, min_new_tokens=2),
+        dict(max_new_tokens=10, do_sample=True, temperature=0.8, top_k=20, top_p=0.9),
+        dict(max_new_tokens=10, do_sample=True, top_k=0),
+    ]
+    for kwargs in runs:
+        eager = model.generate(
+            input_ids, attention_mask, generator=torch.Generator().manual_seed(5), **kwargs
+        )
+        compiled = model.generate(
+            input_ids, attention_mask, compile=True,
+            generator=torch.Generator().manual_seed(5), **kwargs,
+        )  # fmt: skip
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    assert len(_compiled_steps[model]) == 1  # one shape: compiled once, reused
+    assert _unique_graphs() - graphs <= 1  # static shapes: no new graph per step
+    # the premise: some rows stopped at EOS, so padding and stopping were exercised
+    assert (compiled == EOS).any()
+
+
+def test_compiled_beam_search_equals_eager(pair):
+    model, input_ids, attention_mask = pair
+    runs = [
+        dict(num_beams=3, length_penalty=0.6, early_stopping=True, num_return_sequences=2),
+        dict(num_beams=3, length_penalty=1.0, early_stopping="never"),
+        dict(num_beams=3, length_penalty=0.6, length_penalty_style="gnmt"),
+        dict(num_beams=3, do_sample=True, temperature=1.3),
+    ]
+    for kwargs in runs:
+        eager = model.generate(
+            input_ids, attention_mask, max_new_tokens=10,
+            generator=torch.Generator().manual_seed(2), **kwargs,
+        )  # fmt: skip
+        compiled = model.generate(
+            input_ids, attention_mask, max_new_tokens=10, compile=True,
+            generator=torch.Generator().manual_seed(2), **kwargs,
+        )  # fmt: skip
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    assert len(_compiled_steps[model]) == 2  # greedy's shape and the beams' (batch * 3)
+
+
+def test_compiled_unequal_depths_tied_head_padded_batch():
+    # 1 encoder layer, 3 decoder layers, ReLU, tied embeddings (the head's rescale)
+    _, model = reference_pair(2, num_layers=1, num_decoder_layers=3, feed_forward_proj="relu",
+                              tied=True, eos_weight=2.0)  # fmt: skip
+    input_ids, attention_mask = padded_batch(2, batch_size=4, src_len=7)
+    eager = model.generate(input_ids, attention_mask, max_new_tokens=8)
+    compiled = model.generate(input_ids, attention_mask, max_new_tokens=8, compile=True)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    # a second call with other inputs of the same shape reuses the step, reset
+    other_ids, other_mask = padded_batch(5, batch_size=4, src_len=7)
+    eager = model.generate(other_ids, other_mask, max_new_tokens=8)
+    compiled = model.generate(other_ids, other_mask, max_new_tokens=8, compile=True)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    assert len(_compiled_steps[model]) == 1

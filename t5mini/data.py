@@ -8,35 +8,23 @@ import importlib
 import importlib.resources
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from t5mini.checks import check_bool, check_float, check_int
 from t5mini.tokenizer import bundled_corpus
-
-
-def _check_noise_args(noise_density: float, mean_noise_span_length: float) -> None:
-    """Raise a ValueError naming the argument when a noise setting is out of range."""
-    if not 0.0 < noise_density < 1.0:
-        raise ValueError(f"noise_density={noise_density!r}: expected a fraction in (0, 1)")
-    if not mean_noise_span_length >= 1.0:
-        raise ValueError(
-            f"mean_noise_span_length={mean_noise_span_length!r}: expected a length >= 1"
-        )
 
 
 def noise_span_counts(
     length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
 ) -> tuple[int, int]:
     """How many tokens of a length-`length` sequence T5 corrupts, and in how many spans."""
-    _check_noise_args(noise_density, mean_noise_span_length)
-    if length < 2:
-        raise ValueError(
-            f"length={length!r}: a sequence must have at least 2 tokens to corrupt "
-            "(one noise token and one kept token)"
-        )
+    check_int("length", length, 2)  # one noise token and one kept token at least
+    check_float("noise_density", noise_density, 0.0, 1.0, low_open=True, high_open=True)
+    check_float("mean_noise_span_length", mean_noise_span_length, 1.0)
     num_noise_tokens = round(length * noise_density)  # half to even, like np.round
     num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
     num_noise_spans = max(round(num_noise_tokens / mean_noise_span_length), 1)
@@ -73,7 +61,7 @@ def random_spans_noise_mask(
     num_noise_tokens, num_noise_spans = noise_span_counts(
         length, noise_density, mean_noise_span_length
     )
-    rows = 1 if batch_size is None else batch_size
+    rows = 1 if batch_size is None else check_int("batch_size", batch_size, 1)
     noise_lengths = _random_segmentation(num_noise_tokens, num_noise_spans, rows, generator)
     kept_lengths = _random_segmentation(length - num_noise_tokens, num_noise_spans, rows, generator)
     # (rows, num_noise_spans) each; interleave them, starting with kept (non-noise) tokens
@@ -90,6 +78,7 @@ def noise_span_to_sentinel(
     tokens: torch.Tensor, noise_mask: torch.Tensor, first_sentinel_id: int
 ) -> torch.Tensor:
     """Replace each span of noise tokens by one sentinel, counting down from `first_sentinel_id`."""
+    check_int("first_sentinel_id", first_sentinel_id, 0)
     if tokens.shape != noise_mask.shape:
         raise ValueError(
             f"noise_mask has shape {tuple(noise_mask.shape)}: expected the shape of tokens, "
@@ -107,6 +96,27 @@ def noise_span_to_sentinel(
             f"got rows of {kept_per_row.tolist()} tokens; convert such rows one at a time"
         )
     return ids[keep].view(*tokens.shape[:-1], -1)  # (..., kept + spans)
+
+
+def span_corrupt(
+    tokens: torch.Tensor,
+    first_sentinel_id: int,
+    eos_id: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Span-corrupt rows of equal length: (batch, raw) ids -> EOS-ended inputs and targets."""
+    batch_size, length = tokens.shape
+    noise_mask = random_spans_noise_mask(
+        length, noise_density, mean_noise_span_length, generator, batch_size=batch_size
+    )  # (batch, length)
+    eos = torch.full((batch_size, 1), eos_id, dtype=tokens.dtype)
+    inputs = noise_span_to_sentinel(tokens, noise_mask, first_sentinel_id)  # (batch, kept + spans)
+    targets = noise_span_to_sentinel(
+        tokens, ~noise_mask, first_sentinel_id
+    )  # (batch, noise + spans)
+    return torch.cat([inputs, eos], dim=1), torch.cat([targets, eos], dim=1)
 
 
 def fill_in_spans(
@@ -152,12 +162,7 @@ def compute_input_and_target_lengths(
     inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
 ) -> tuple[int, int]:
     """The raw length that corrupts to at most `inputs_length` tokens, and the targets' length."""
-    _check_noise_args(noise_density, mean_noise_span_length)
-    if inputs_length < 3:
-        raise ValueError(
-            f"inputs_length={inputs_length!r}: expected at least 3 "
-            "(one kept token, one sentinel and EOS)"
-        )
+    check_int("inputs_length", inputs_length, 3)  # one kept token, one sentinel and EOS
 
     def corrupted_lengths(raw_length: int) -> tuple[int, int]:
         num_noise, num_spans = noise_span_counts(raw_length, noise_density, mean_noise_span_length)
@@ -165,12 +170,23 @@ def compute_input_and_target_lengths(
         # sentinels, EOS
         return raw_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
-    raw_length = inputs_length
-    while raw_length > 2 and corrupted_lengths(raw_length)[0] > inputs_length:
-        raw_length -= 1
-    while corrupted_lengths(raw_length + 1)[0] <= inputs_length:
-        raw_length += 1
-    targets_length = corrupted_lengths(raw_length)[1]
+    # The inputs never get shorter when the raw length grows, so we bracket the answer by
+    # doubling and then halve the bracket: `fits` always fits, `too_long` never does.
+    fits, too_long = 2, inputs_length  # 2 raw tokens corrupt to 3: one kept, a sentinel, EOS
+    while corrupted_lengths(too_long)[0] <= inputs_length:
+        if too_long > 2**40:
+            raise ValueError(
+                f"noise_density={noise_density!r} keeps so few tokens that no raw length up "
+                f"to 2**40 corrupts to more than inputs_length={inputs_length} tokens"
+            )
+        fits, too_long = too_long, 2 * too_long
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if corrupted_lengths(middle)[0] <= inputs_length:
+            fits = middle
+        else:
+            too_long = middle
+    raw_length, targets_length = fits, corrupted_lengths(fits)[1]
     if noise_density == 0.5 and targets_length > inputs_length:
         # T5's adjustment: keep the targets within the (usually round) inputs length
         raw_length -= 1
@@ -183,6 +199,29 @@ def _open_text(path: Path) -> Any:
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
     return path.open(encoding="utf-8")
+
+
+def _row_text(row: Any, text_column: str, where: str) -> str:
+    """The text of one dataset row; `where` names the row (a file and line) in errors."""
+    if not isinstance(row, Mapping) or text_column not in row:
+        fields = sorted(row) if isinstance(row, Mapping) else type(row).__name__
+        raise ValueError(f"{where}: text_column={text_column!r} is not a field of {fields}")
+    if not isinstance(row[text_column], str):
+        raise ValueError(f"{where}: {text_column!r} is {row[text_column]!r}, expected a str")
+    return row[text_column]
+
+
+def _json_lines(lines: Iterable[str], text_column: str, path: Path) -> Iterator[str]:
+    """The non-empty texts of a JSON-lines file; errors name the file and line."""
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            text = _row_text(row, text_column, f"{path}:{number}")
+            if text.strip():
+                yield text
 
 
 def read_documents(
@@ -199,8 +238,7 @@ def read_documents(
         kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
         with _open_text(path) as lines:
             if kind in (".jsonl", ".json"):
-                rows = (json.loads(line) for line in lines if line.strip())
-                yield from documents_from_rows(rows, text_column)
+                yield from _json_lines(lines, text_column, path)
                 continue
             paragraph: list[str] = []
             for line in itertools.chain(lines, [""]):  # a blank line ends a document
@@ -213,13 +251,10 @@ def read_documents(
 
 def documents_from_rows(rows: Iterable[dict[str, Any]], text_column: str = "text") -> Iterator[str]:
     """The texts of dataset rows (dicts, as `datasets` yields them), skipping empty ones."""
-    for row in rows:
-        if text_column not in row:
-            raise ValueError(
-                f"text_column={text_column!r} is not a field of the rows; they have {sorted(row)}"
-            )
-        if row[text_column].strip():
-            yield row[text_column]
+    for index, row in enumerate(rows):
+        text = _row_text(row, text_column, f"row {index}")
+        if text.strip():
+            yield text
 
 
 def load_hf_documents(
@@ -242,6 +277,93 @@ def load_hf_documents(
     return documents_from_rows(dataset, text_column)
 
 
+def pack_documents(
+    documents: Iterable[Sequence[int] | torch.Tensor],
+    size: int,
+    eos_id: int,
+    eos_between_documents: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Join tokenised documents into one stream; cut blocks of `size` tokens (the last may be shorter)."""
+    check_int("size", size, 1)
+    buffer: list[int] = []
+    for document in documents:
+        ids = document.tolist() if isinstance(document, torch.Tensor) else list(document)
+        ends_with_eos = bool(ids) and ids[-1] == eos_id  # the tokenizer appends EOS
+        if eos_between_documents and not ends_with_eos:
+            ids.append(eos_id)
+        elif not eos_between_documents and ends_with_eos:
+            ids.pop()  # T5: documents joined directly
+        buffer.extend(ids)
+        while len(buffer) >= size:
+            yield torch.tensor(buffer[:size], dtype=torch.long)  # (size,)
+            del buffer[:size]
+    if buffer:
+        yield torch.tensor(buffer, dtype=torch.long)  # (< size,)
+
+
+def _check_sentinels(
+    first_sentinel_id: int,
+    num_sentinels: int,
+    num_spans: int,
+    eos_id: int,
+    pad_id: int,
+    num_pieces: int | None,
+) -> None:
+    """Raise unless there are sentinels for `num_spans` spans and no other id is among them."""
+    for name, value in (
+        ("eos_id", eos_id),
+        ("pad_id", pad_id),
+        ("first_sentinel_id", first_sentinel_id),
+    ):
+        check_int(name, value, 0)
+    check_int("num_sentinels", num_sentinels, 1)
+    if num_spans > num_sentinels:
+        raise ValueError(
+            f"input_length: its {num_spans} noise spans need more than "
+            f"num_sentinels={num_sentinels} sentinels; use shorter inputs or longer spans"
+        )
+    lowest = first_sentinel_id - num_sentinels + 1  # the sentinels count down to this id
+    taken = [
+        f"{name}={value}"
+        for name, value in (("eos_id", eos_id), ("pad_id", pad_id))
+        if lowest <= value <= first_sentinel_id
+    ]
+    if num_pieces is not None and lowest < num_pieces:
+        taken.append(f"the tokenizer's pieces (ids below {num_pieces})")
+    if lowest < 0 or taken:
+        raise ValueError(
+            f"first_sentinel_id={first_sentinel_id} with num_sentinels={num_sentinels} puts "
+            f"the sentinels at ids {lowest}..{first_sentinel_id}, which "
+            + ("go below 0" if lowest < 0 else "overlap " + " and ".join(taken))
+            + "; the sentinels must be the highest ids of the vocabulary"
+        )
+
+
+def _equal_length_groups(chunks: Any, raw_length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Chunks grouped by length, longest first: [(row indices, (rows, length) ids)], checked."""
+    if isinstance(chunks, torch.Tensor):
+        if chunks.is_floating_point() or chunks.is_complex() or chunks.dtype == torch.bool:
+            raise TypeError(f"chunks must hold integer token ids, got {chunks.dtype}")
+        chunks = chunks.long().view(-1, chunks.shape[-1])  # (batch, length)
+        lengths = [chunks.shape[1]] * chunks.shape[0]
+    else:
+        chunks = [torch.as_tensor(chunk, dtype=torch.long) for chunk in chunks]
+        lengths = [len(chunk) for chunk in chunks]
+    if not lengths or not all(2 <= n <= raw_length for n in lengths):
+        raise ValueError(
+            f"chunks: expected a non-empty batch of chunks of 2 to {raw_length} tokens "
+            f"(raw_length), got lengths {sorted(set(lengths))}"
+        )
+    groups = []
+    for length in sorted(set(lengths), reverse=True):
+        rows = [i for i, n in enumerate(lengths) if n == length]
+        if isinstance(chunks, torch.Tensor):
+            groups.append((torch.tensor(rows), chunks))  # every row has this length
+        else:
+            groups.append((torch.tensor(rows), torch.stack([chunks[i] for i in rows])))
+    return groups
+
+
 class SpanCorruptionCollator:
     """Pack token streams into fixed-length chunks and span-corrupt them into T5 batches."""
 
@@ -256,26 +378,22 @@ class SpanCorruptionCollator:
         noise_density: float = 0.15,
         mean_noise_span_length: float = 3.0,
         seed: int | None = None,
+        eos_between_documents: bool = True,
+        num_pieces: int | None = None,
     ) -> None:
         """Corrupt to `input_length` tokens; `seed` fixes the noise (default: from torch's RNG)."""
         self.raw_length, self.target_length = compute_input_and_target_lengths(
             input_length, noise_density, mean_noise_span_length
         )
         num_spans = noise_span_counts(self.raw_length, noise_density, mean_noise_span_length)[1]
-        if num_spans > num_sentinels:
-            raise ValueError(
-                f"input_length={input_length!r}: its {num_spans} noise spans need more than "
-                f"num_sentinels={num_sentinels} sentinels; use shorter inputs or longer spans"
-            )
-        self.input_length = input_length
-        self.eos_id, self.pad_id = eos_id, pad_id
+        _check_sentinels(first_sentinel_id, num_sentinels, num_spans, eos_id, pad_id, num_pieces)
+        self.input_length, self.eos_id, self.pad_id = input_length, eos_id, pad_id
         self.first_sentinel_id, self.num_sentinels = first_sentinel_id, num_sentinels
-        self.noise_density = noise_density
-        self.mean_noise_span_length = mean_noise_span_length
-        self.generator = torch.Generator()
+        self.noise_density, self.mean_noise_span_length = noise_density, mean_noise_span_length
+        self.eos_between_documents = check_bool("eos_between_documents", eos_between_documents)
         if seed is None:  # drawn from the global RNG, so torch.manual_seed still governs it
             seed = int(torch.randint(0, 2**62, ()).item())
-        self.generator.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(check_int("seed", seed, 0))
 
     @classmethod
     def from_tokenizer(
@@ -288,83 +406,42 @@ class SpanCorruptionCollator:
             pad_id=tokenizer.pad_id,
             first_sentinel_id=tokenizer.sentinel_id(0),
             num_sentinels=tokenizer.extra_ids,
+            num_pieces=tokenizer.num_pieces,
             **kwargs,
         )
 
-    def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Span-corrupt rows of equal length: (batch, raw) -> inputs and targets, EOS-ended."""
-        batch_size, length = tokens.shape
-        noise_mask = random_spans_noise_mask(
-            length,
-            self.noise_density,
-            self.mean_noise_span_length,
-            generator=self.generator,
-            batch_size=batch_size,
-        )  # (batch, length)
-        eos = torch.full((batch_size, 1), self.eos_id, dtype=tokens.dtype)
-        inputs = noise_span_to_sentinel(tokens, noise_mask, self.first_sentinel_id)
-        targets = noise_span_to_sentinel(tokens, ~noise_mask, self.first_sentinel_id)
-        return torch.cat([inputs, eos], dim=1), torch.cat([targets, eos], dim=1)
-
     def __call__(self, chunks: torch.Tensor | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Corrupt a batch of raw chunks (at most `raw_length` tokens each) into padded tensors."""
-        if isinstance(chunks, torch.Tensor):
-            chunks = chunks.long().view(-1, chunks.shape[-1])  # (batch, length)
-            lengths = [chunks.shape[1]] * chunks.shape[0]
-        else:
-            chunks = [torch.as_tensor(chunk, dtype=torch.long) for chunk in chunks]
-            lengths = [len(chunk) for chunk in chunks]
-        if not lengths or not all(2 <= n <= self.raw_length for n in lengths):
-            raise ValueError(
-                f"chunks: expected a non-empty batch of chunks of 2 to {self.raw_length} tokens "
-                f"(raw_length), got lengths {sorted(set(lengths))}"
-            )
-        batch_size = len(lengths)
+        groups = _equal_length_groups(chunks, self.raw_length)  # [(rows, (group, length) ids)]
+        batch_size = sum(len(rows) for rows, _ in groups)
         input_ids = torch.full((batch_size, self.input_length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros(batch_size, self.input_length, dtype=torch.long)
         labels = torch.full((batch_size, self.target_length), -100, dtype=torch.long)
-        for length in sorted(set(lengths), reverse=True):  # equal lengths together, in one go
-            index = torch.tensor([i for i, n in enumerate(lengths) if n == length])
-            if isinstance(chunks, torch.Tensor):
-                tokens = chunks  # (batch, length): all rows already the same length
-            else:
-                tokens = torch.stack([chunks[i] for i in index.tolist()])  # (group, length)
-            inputs, targets = self.corrupt(tokens)
-            input_ids[index, : inputs.shape[1]] = inputs
-            attention_mask[index, : inputs.shape[1]] = 1
-            labels[index, : targets.shape[1]] = targets
+        for rows, tokens in groups:
+            inputs, targets = span_corrupt(
+                tokens,
+                self.first_sentinel_id,
+                self.eos_id,
+                self.noise_density,
+                self.mean_noise_span_length,
+                self.generator,
+            )
+            input_ids[rows, : inputs.shape[1]] = inputs
+            attention_mask[rows, : inputs.shape[1]] = 1
+            labels[rows, : targets.shape[1]] = targets
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-    def _blocks(self, documents: Iterable[Sequence[int]], size: int) -> Iterator[torch.Tensor]:
-        """The documents joined with EOS, cut into blocks of `size` tokens; the tail comes last."""
-        buffer: list[int] = []
-        for document in documents:
-            buffer.extend(document)
-            if len(document) == 0 or document[-1] != self.eos_id:
-                buffer.append(self.eos_id)  # documents end with EOS (the tokenizer adds it)
-            while len(buffer) >= size:
-                yield torch.tensor(buffer[:size], dtype=torch.long)  # (size,)
-                del buffer[:size]
-        if buffer:
-            yield torch.tensor(buffer, dtype=torch.long)  # (< size,)
-
-    def pack(self, documents: Iterable[Sequence[int]]) -> Iterator[torch.Tensor]:
-        """Join tokenised documents with EOS; cut `raw_length` chunks (the last may be shorter)."""
-        return self._blocks(documents, self.raw_length)
 
     def batches(
         self, documents: Iterable[Sequence[int]], batch_size: int, drop_last: bool = True
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Corrupted batches from a stream of tokenised documents, packed without padding."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
-        for block in self._blocks(documents, batch_size * self.raw_length):
-            if len(block) == batch_size * self.raw_length:
+        check_int("batch_size", batch_size, 1)
+        size = batch_size * self.raw_length
+        for block in pack_documents(documents, size, self.eos_id, self.eos_between_documents):
+            if len(block) == size:
                 yield self(block.view(batch_size, self.raw_length))
-            elif not drop_last:  # the tail: full chunks, then one shorter chunk
-                tail = list(block.split(self.raw_length))
-                if len(tail[-1]) < 2:  # one token is too short to corrupt
-                    tail.pop()
+            elif not drop_last:  # the tail: full chunks, then a shorter one if it has 2 tokens
+                tail = [chunk for chunk in block.split(self.raw_length) if len(chunk) >= 2]
                 if tail:
                     yield self(tail)
 
@@ -382,7 +459,8 @@ class SpanCorruptionDataset(torch.utils.data.IterableDataset):
     ) -> None:
         """`documents` is an iterable of texts, or a function returning one for each pass."""
         self.documents, self.tokenizer, self.collator = documents, tokenizer, collator
-        self.batch_size, self.drop_last = batch_size, drop_last
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.drop_last = check_bool("drop_last", drop_last)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over the documents; DataLoader workers split them and draw their own noise."""

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from t5mini.data import (
     SpanCorruptionCollator,
@@ -23,6 +25,7 @@ from t5mini.data import (
     load_hf_documents,
     noise_span_counts,
     noise_span_to_sentinel,
+    pack_documents,
     random_spans_noise_mask,
     read_documents,
 )
@@ -170,7 +173,9 @@ def test_inputs_and_targets_restore_the_ids() -> None:
 def test_decoded_inputs_and_targets_reconstruct_the_text(tokenizer: Tokenizer) -> None:
     collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 128, seed=3)
     documents = [tokenizer.encode(text) for text in itertools.islice(read_documents(), 200)]
-    chunks = list(itertools.islice(collator.pack(documents), 16))
+    chunks = list(
+        itertools.islice(pack_documents(documents, collator.raw_length, collator.eos_id), 16)
+    )
     batch = collator(torch.stack(chunks))
     sentinel = re.compile(r"(<extra_id_\d+>)")
     for chunk, inputs, labels in zip(chunks, batch["input_ids"], batch["labels"]):
@@ -362,11 +367,11 @@ def test_mean_span_length_below_1_is_rejected(mean: float) -> None:
 
 
 def test_too_short_sequences_are_rejected() -> None:
-    with pytest.raises(ValueError, match="length=1"):
+    with pytest.raises(ValueError, match="length must be an int .*, got 1"):
         random_spans_noise_mask(1)
-    with pytest.raises(ValueError, match="length=0"):
+    with pytest.raises(ValueError, match="length .* got 0"):
         noise_span_counts(0)
-    with pytest.raises(ValueError, match="inputs_length=2"):
+    with pytest.raises(ValueError, match="inputs_length .* got 2"):
         compute_input_and_target_lengths(2)
     with pytest.raises(ValueError, match="chunks"):
         make_collator()([[5]])
@@ -502,3 +507,262 @@ def test_dataloader_draws_new_noise_every_epoch(tokenizer: Tokenizer, num_worker
     assert not all(torch.equal(a, b) for a, b in zip(first, second))  # fresh noise
     again = two_epochs(0)  # and repeatable under torch.manual_seed
     assert all(torch.equal(a, b) for a, b in zip(first + second, again[0] + again[1]))
+
+
+# --- lengths: the search, its speed and its limits -----------------------------------------
+
+
+def linear_search_lengths(inputs_length: int, density: float, mean: float) -> tuple[int, int]:
+    """The lengths as t5mini computed them before the bisection: one raw length at a time."""
+
+    def corrupted(raw: int) -> tuple[int, int]:
+        noise, spans = noise_span_counts(raw, density, mean)
+        return raw - noise + spans + 1, noise + spans + 1
+
+    raw = inputs_length
+    while raw > 2 and corrupted(raw)[0] > inputs_length:
+        raw -= 1
+    while corrupted(raw + 1)[0] <= inputs_length:
+        raw += 1
+    targets = corrupted(raw)[1]
+    if density == 0.5 and targets > inputs_length:
+        raw -= 1
+        targets = corrupted(raw)[1]
+    return raw, targets
+
+
+@pytest.mark.parametrize("density", [0.01, 0.1, 0.15, 0.25, 0.5, 0.6, 0.75, 0.9])
+@pytest.mark.parametrize("mean", [1.0, 1.5, 3.0, 8.0])
+def test_bisection_equals_the_linear_search(density: float, mean: float) -> None:
+    for inputs_length in [3, 4, 5, 7, 12, 31, 64, 100, 128, 255, 256, 511, 512, 1024]:
+        assert compute_input_and_target_lengths(
+            inputs_length, density, mean
+        ) == linear_search_lengths(inputs_length, density, mean), (inputs_length, density, mean)
+
+
+def test_lengths_near_density_one_take_few_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The linear search counted one raw length at a time: 255 million counts here."""
+    import t5mini.data as data
+
+    calls = []
+    real = data.noise_span_counts
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1000:
+            raise AssertionError("more than 1000 counts: the search is not a bisection")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "noise_span_counts", counting)
+    assert compute_input_and_target_lengths(512, 0.999999) == (255_499_999, 255_500_000)
+    assert len(calls) < 200
+
+
+def test_lengths_for_a_density_that_keeps_nothing_are_refused() -> None:
+    # in float64, 1 - 1e-15 times any length up to 2**40 rounds to the length itself
+    with pytest.raises(ValueError, match="noise_density"):
+        compute_input_and_target_lengths(512, 1 - 1e-15)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(noise_density="0.15"), TypeError, "noise_density"),
+        (dict(noise_density=float("nan")), ValueError, "noise_density"),
+        (dict(mean_noise_span_length=None), TypeError, "mean_noise_span_length"),
+        (dict(mean_noise_span_length=float("inf")), ValueError, "mean_noise_span_length"),
+    ],
+)
+def test_noise_settings_of_the_wrong_type_or_value(kwargs, error, name) -> None:
+    with pytest.raises(error, match=name):
+        noise_span_counts(100, **kwargs)
+    with pytest.raises(error, match=name):
+        compute_input_and_target_lengths(128, **kwargs)
+
+
+def test_length_arguments_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match="inputs_length"):
+        compute_input_and_target_lengths(512.0)
+    with pytest.raises(TypeError, match="length"):
+        random_spans_noise_mask(True)
+    with pytest.raises(ValueError, match="batch_size"):
+        random_spans_noise_mask(10, batch_size=0)
+
+
+# --- property tests ------------------------------------------------------------------------
+
+densities = st.floats(min_value=0.01, max_value=0.95)
+means = st.floats(min_value=1.0, max_value=12.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    length=st.integers(min_value=2, max_value=700),
+    density=densities,
+    mean=means,
+    seed=st.integers(min_value=0, max_value=2**31),
+)
+def test_mask_properties(length: int, density: float, mean: float, seed: int) -> None:
+    """Exactly the noise and span counts, kept tokens first, noise last, in every row."""
+    num_noise, num_spans = expected_counts(length, density, mean)
+    masks = random_spans_noise_mask(
+        length, density, mean, torch.Generator().manual_seed(seed), batch_size=3
+    )
+    assert (masks.sum(dim=1) == num_noise).all()
+    starts = masks & ~torch.nn.functional.pad(masks[:, :-1], (1, 0))
+    assert (starts.sum(dim=1) == num_spans).all()
+    assert not masks[:, 0].any() and masks[:, -1].all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(inputs_length=st.integers(min_value=3, max_value=5000), density=densities, mean=means)
+def test_lengths_are_the_longest_that_fit(inputs_length: int, density: float, mean: float) -> None:
+    """The raw length corrupts to at most inputs_length tokens, and one more token would not."""
+
+    def corrupted(raw: int) -> tuple[int, int]:
+        noise, spans = expected_counts(raw, density, mean)
+        return raw - noise + spans + 1, noise + spans + 1
+
+    raw, targets = compute_input_and_target_lengths(inputs_length, density, mean)
+    assert corrupted(raw) == (corrupted(raw)[0], targets)
+    assert corrupted(raw)[0] <= inputs_length
+    if density == 0.5 and corrupted(raw + 1)[1] > inputs_length:
+        return  # T5's adjustment took one token off
+    assert corrupted(raw + 1)[0] > inputs_length
+
+
+@settings(max_examples=40, deadline=None)
+@given(inputs_length=st.integers(min_value=3, max_value=400), density=densities, mean=means)
+def test_lengths_property_equals_the_linear_search(inputs_length, density, mean) -> None:
+    expected = linear_search_lengths(inputs_length, density, mean)
+    assert compute_input_and_target_lengths(inputs_length, density, mean) == expected
+
+
+# --- sentinels that collide, chunks of the wrong type --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(first_sentinel_id=100), "overlap eos_id=1"),  # ids 1..100
+        (dict(first_sentinel_id=99), "overlap eos_id=1 and pad_id=0"),  # ids 0..99
+        (dict(first_sentinel_id=50), "go below 0"),
+        (dict(first_sentinel_id=8191, num_pieces=8100), "the tokenizer's pieces"),
+    ],
+)
+def test_sentinels_that_collide_are_refused(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=f"first_sentinel_id=.*{re.escape(message)}"):
+        SpanCorruptionCollator(128, eos_id=1, pad_id=0, **kwargs)
+
+
+def test_sentinels_from_a_tokenizer_are_free(tokenizer: Tokenizer) -> None:
+    collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 128, seed=0)
+    lowest = collator.first_sentinel_id - collator.num_sentinels + 1
+    assert lowest == tokenizer.num_pieces  # the sentinels sit right above the pieces
+    with pytest.raises(ValueError, match="tokenizer's pieces"):
+        SpanCorruptionCollator(
+            128,
+            eos_id=1,
+            pad_id=0,
+            first_sentinel_id=tokenizer.sentinel_id(0),
+            num_sentinels=101,
+            num_pieces=tokenizer.num_pieces,
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(eos_id=-1), ValueError, "eos_id"),
+        (dict(pad_id=0.0), TypeError, "pad_id"),
+        (dict(num_sentinels=0), ValueError, "num_sentinels"),
+        (dict(seed=1.5), TypeError, "seed"),
+        (dict(eos_between_documents=1), TypeError, "eos_between_documents"),
+    ],
+)
+def test_collator_bad_arguments(kwargs, error, name) -> None:
+    arguments = dict(eos_id=1, pad_id=0, first_sentinel_id=FIRST_SENTINEL) | kwargs
+    with pytest.raises(error, match=name):
+        SpanCorruptionCollator(128, **arguments)
+
+
+def test_float_chunks_are_refused() -> None:
+    with pytest.raises(TypeError, match="chunks"):
+        make_collator()(torch.rand(2, 20))
+
+
+# --- packing -------------------------------------------------------------------------------
+
+
+def test_t5_stream_joins_documents_without_eos() -> None:
+    documents = [[5, 6, 1], [7, 8, 9], [10, 1]]  # two end with EOS (1), one does not
+    assert [b.tolist() for b in pack_documents(documents, 4, eos_id=1)] == [
+        [5, 6, 1, 7],
+        [8, 9, 1, 10],
+        [1],
+    ]
+    t5 = pack_documents(documents, 4, eos_id=1, eos_between_documents=False)
+    assert [b.tolist() for b in t5] == [[5, 6, 7, 8], [9, 10]]
+    tensors = [torch.tensor(d, dtype=torch.int32) for d in documents]
+    assert torch.cat(list(pack_documents(tensors, 3, eos_id=1))).tolist() == [
+        5,
+        6,
+        1,
+        7,
+        8,
+        9,
+        1,
+        10,
+        1,
+    ]
+    collator = SpanCorruptionCollator(
+        64,
+        eos_id=1,
+        pad_id=0,
+        first_sentinel_id=FIRST_SENTINEL,
+        seed=0,
+        eos_between_documents=False,
+    )
+    documents = [doc + [1] for doc in random_documents(60)]
+    stream = [t for doc in documents for t in doc[:-1]]
+    batch = next(collator.batches(documents, batch_size=4))
+    restored = [
+        token
+        for inputs, labels in zip(batch["input_ids"], batch["labels"])
+        for token in fill_in_spans(inputs, labels, FIRST_SENTINEL)
+    ]
+    assert restored == stream[: len(restored)] and 1 not in restored
+
+
+# --- text sources with bad rows ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"text": "fine"}\n{"text": null}\n', r"bad\.jsonl:2: 'text' is None, expected a str"),
+        ('{"text": "fine"}\n\n{"text": 5}\n', r"bad\.jsonl:3: 'text' is 5, expected a str"),
+        ('{"text": "fine"}\n{"text": "cut', r"bad\.jsonl:2: not valid JSON"),
+        ('["a list"]\n', r"bad\.jsonl:1: text_column='text' is not a field of list"),
+        ('{"body": "x"}\n', r"bad\.jsonl:1: text_column='text' is not a field of \['body'\]"),
+    ],
+)
+def test_bad_jsonl_rows_name_the_file_and_line(tmp_path: Path, content: str, message: str):
+    (tmp_path / "bad.jsonl").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        list(read_documents(tmp_path / "bad.jsonl"))
+
+
+def test_bad_dataset_rows_name_the_row() -> None:
+    with pytest.raises(ValueError, match=r"row 1: 'text' is None"):
+        list(documents_from_rows([{"text": "a"}, {"text": None}]))
+    with pytest.raises(ValueError, match=r"row 0: text_column='text' is not a field of str"):
+        list(documents_from_rows(["a bare string"]))
+
+
+def test_dataset_bad_arguments(tokenizer: Tokenizer) -> None:
+    collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 64, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        SpanCorruptionDataset(["a"], tokenizer, collator, batch_size=0)
+    with pytest.raises(TypeError, match="drop_last"):
+        SpanCorruptionDataset(["a"], tokenizer, collator, batch_size=2, drop_last="no")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from t5mini.checks import check_choice
 from t5mini.config import T5Config
 from t5mini.model import T5ForConditionalGeneration
 
@@ -19,6 +27,7 @@ EMBEDDING_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"
 
 def hf_to_t5mini_names(config: T5Config) -> dict[str, str]:
     """Map every transformers T5 parameter name of a ``config`` model to its t5mini name."""
+    _check_config("config", config)
     names = {"shared.weight": "embedding.weight"}
     if not config.tie_word_embeddings:
         names["lm_head.weight"] = "lm_head.weight"
@@ -49,22 +58,99 @@ def hf_to_t5mini_names(config: T5Config) -> dict[str, str]:
     return names
 
 
+T5_MODEL_TYPES = ("t5", "mt5")  # mT5's config.json says "mt5"; its layers are T5 v1.1's
+
+
+def _check_config(name: str, config: Any) -> None:
+    """Raise unless ``config`` is a t5mini ``T5Config``."""
+    if not isinstance(config, T5Config):
+        raise TypeError(f"{name} must be a t5mini T5Config, got {type(config).__name__}")
+
+
+def _check_config_dict(name: str, values: Any) -> None:
+    """Raise unless ``values`` is a config dict of a T5 (``model_type`` "t5" or "mt5")."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{name} must be a dict read from config.json, got {type(values).__name__}")
+    check_choice(f"{name}['model_type']", values.get("model_type"), T5_MODEL_TYPES)
+
+
+def _check_model(name: str, model: Any) -> None:
+    """Raise unless ``model`` is a t5mini ``T5ForConditionalGeneration``."""
+    if not isinstance(model, T5ForConditionalGeneration):
+        raise TypeError(
+            f"{name} must be a t5mini T5ForConditionalGeneration, got {type(model).__name__}"
+        )
+
+
+def _check_hf_model(hf_model: Any) -> None:
+    """Raise unless ``hf_model`` is a transformers T5: a module whose config says t5 or mt5."""
+    expected = "a transformers T5ForConditionalGeneration (config.model_type 't5' or 'mt5')"
+    if not isinstance(hf_model, nn.Module) or not hasattr(hf_model, "config"):
+        raise TypeError(f"hf_model must be {expected}, got {type(hf_model).__name__}")
+    model_type = getattr(hf_model.config, "model_type", None)
+    if model_type not in T5_MODEL_TYPES:
+        raise ValueError(
+            f"hf_model must be {expected}, got a {type(hf_model).__name__} with model_type "
+            f"{model_type!r}"
+        )
+
+
+def _check_state_dict(name: str, state_dict: Any) -> None:
+    """Raise unless ``state_dict`` maps parameter names (str) to tensors."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{name} must be a dict of tensors, got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{name} must map names to tensors, got {key!r}: {type(value).__name__}"
+            )
+
+
+RUNTIME_FIELDS = ("attn_implementation", "gradient_checkpointing")  # how to run, not what
+
+
+def config_to_json_dict(config: T5Config, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """``config`` as the ``config.json`` dict that ``transformers.T5Config`` reads."""
+    _check_config("config", config)
+    values = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
+    activation = config.feed_forward_proj.split("-")[-1]
+    values.update(
+        architectures=["T5ForConditionalGeneration"],
+        model_type="t5",
+        is_encoder_decoder=True,
+        is_gated_act=config.is_gated_act,
+        dense_act_fn="gelu_new" if config.feed_forward_proj == "gated-gelu" else activation,
+        scale_decoder_outputs=config.tie_word_embeddings,  # the switch transformers >= 5 reads
+    )
+    if dtype is not None:
+        values["dtype"] = str(dtype).removeprefix("torch.")
+    return dict(sorted(values.items()))
+
+
+def config_from_json_dict(values: Mapping[str, Any]) -> T5Config:
+    """A ``T5Config`` from a transformers ``config.json`` dict (model_type "t5" or "mt5")."""
+    _check_config_dict("values", values)
+    return T5Config.from_dict(values)
+
+
 def config_from_hf(hf_config: Any) -> T5Config:
     """A t5mini ``T5Config`` from a ``transformers.T5Config``, field for field."""
+    if not callable(getattr(hf_config, "to_dict", None)):
+        raise TypeError(
+            f"hf_config must be a transformers.T5Config, got {type(hf_config).__name__}"
+        )
     values = hf_config.to_dict()
     values.setdefault("decoder_start_token_id", getattr(hf_config, "decoder_start_token_id", 0))
     if values["decoder_start_token_id"] is None:
         values["decoder_start_token_id"] = values.get("pad_token_id", 0) or 0
-    return T5Config.from_dict(values)
+    return config_from_json_dict(values)
 
 
 def config_to_hf(config: T5Config) -> Any:
-    """A ``transformers.T5Config`` with the same fields (transformers must be installed)."""
+    """A ``transformers.T5Config`` read from ``config_to_json_dict`` (transformers must be installed)."""
     import transformers
 
-    fields = transformers.T5Config().to_dict()
-    values = {k: v for k, v in config.to_dict().items() if k in fields}
-    hf_config = transformers.T5Config(**values)
+    hf_config = transformers.T5Config.from_dict(config_to_json_dict(config))
     hf_config.decoder_start_token_id = config.decoder_start_token_id
     return hf_config
 
@@ -77,10 +163,11 @@ class StateDictMismatch(ValueError):
         missing: list[str],
         unexpected: list[str],
         mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+        source: str = "the state dict",
     ) -> None:
         """Keep the three lists and write one message with a line per problem."""
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        lines = ["the state dict does not fit the model:"]
+        lines = [f"{source} does not fit the model:"]
         lines += [f"  missing key: {k}" for k in missing]
         lines += [f"  unexpected key: {k}" for k in unexpected]
         lines += [
@@ -99,7 +186,11 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b.to(a.device, a.dtype))
 
 
-def _renamed(model: T5ForConditionalGeneration, state_dict: Mapping[str, torch.Tensor]) -> dict:
+def _renamed(
+    model: T5ForConditionalGeneration,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "the state dict",
+) -> dict[str, torch.Tensor]:
     """Check a transformers state dict against ``model`` and return it under t5mini names."""
     names = hf_to_t5mini_names(model.config)
     params = dict(model.named_parameters())
@@ -108,6 +199,7 @@ def _renamed(model: T5ForConditionalGeneration, state_dict: Mapping[str, torch.T
     shared = state_dict.get("shared.weight")
     if shared is not None and tuple(shared.shape) != tuple(params["embedding.weight"].shape):
         shared = None  # already reported as a shape mismatch; its copies cannot be compared
+    tied = model.config.tie_word_embeddings
     for key, tensor in state_dict.items():
         if key in names:
             want = tuple(params[names[key]].shape)
@@ -115,15 +207,14 @@ def _renamed(model: T5ForConditionalGeneration, state_dict: Mapping[str, torch.T
                 mismatched.append((key, tuple(tensor.shape), want))
         elif key in LEGACY_IGNORED_KEYS:
             continue
-        elif key in EMBEDDING_COPIES or (key == "lm_head.weight" and model.lm_head is None):
+        elif key in EMBEDDING_COPIES or (key == "lm_head.weight" and tied):
             # a copy of the shared embedding; it must really be one
             if shared is not None and not _same_tensor(shared, tensor):
-                unexpected.append(f"{key} (differs from shared.weight; tie_word_embeddings="
-                                  f"{model.config.tie_word_embeddings})")  # fmt: skip
+                unexpected.append(f"{key} (differs from shared.weight; tie_word_embeddings={tied})")
         else:
             unexpected.append(key)
     if missing or unexpected or mismatched:
-        raise StateDictMismatch(missing, unexpected, mismatched)
+        raise StateDictMismatch(missing, unexpected, mismatched, source)
     return {names[k]: state_dict[k] for k in names}
 
 
@@ -131,16 +222,20 @@ def load_hf_state_dict(
     model: T5ForConditionalGeneration, state_dict: Mapping[str, torch.Tensor]
 ) -> T5ForConditionalGeneration:
     """Load a transformers T5 state dict into ``model`` (all keys checked first); returns it."""
+    _check_model("model", model)
+    _check_state_dict("state_dict", state_dict)
     model.load_state_dict(_renamed(model, state_dict), strict=True)
     return model
 
 
 def from_hf(hf_model: nn.Module) -> T5ForConditionalGeneration:
     """Convert a transformers ``T5ForConditionalGeneration`` (weights copied, dtype and device kept)."""
+    _check_hf_model(hf_model)
     config = config_from_hf(hf_model.config)
     state_dict = hf_model.state_dict()
-    if config.tie_word_embeddings and "lm_head.weight" in state_dict:
-        if not _same_tensor(state_dict["shared.weight"], state_dict["lm_head.weight"]):
+    shared, head = state_dict.get("shared.weight"), state_dict.get("lm_head.weight")
+    if config.tie_word_embeddings and shared is not None and head is not None:
+        if not _same_tensor(shared, head):
             raise ValueError(
                 "hf_model rescales its decoder output as a tied model does "
                 "(tie_word_embeddings/scale_decoder_outputs=True) but its lm_head.weight "
@@ -155,6 +250,7 @@ def from_hf(hf_model: nn.Module) -> T5ForConditionalGeneration:
 
 def to_hf_state_dict(model: T5ForConditionalGeneration) -> dict[str, torch.Tensor]:
     """The state dict of ``model`` under transformers names; loads with ``strict=True``."""
+    _check_model("model", model)
     ours = model.state_dict()
     out = {hf: ours[name] for hf, name in hf_to_t5mini_names(model.config).items()}
     for key in EMBEDDING_COPIES:
@@ -168,6 +264,7 @@ def to_hf(model: T5ForConditionalGeneration) -> nn.Module:
     """A transformers ``T5ForConditionalGeneration`` with ``model``'s weights (untied head kept untied)."""
     import transformers
 
+    _check_model("model", model)
     hf_model = transformers.T5ForConditionalGeneration(config_to_hf(model.config))
     if model.lm_head is not None and hf_model.lm_head.weight is hf_model.shared.weight:
         # transformers >= 5 ties the head at construction even for untied configs
@@ -176,3 +273,155 @@ def to_hf(model: T5ForConditionalGeneration) -> nn.Module:
     hf_model.load_state_dict(to_hf_state_dict(model), strict=True)
     first = next(model.parameters())
     return hf_model.to(first.device, first.dtype).train(model.training)
+
+
+def _check_path(name: str, value: Any) -> Path:
+    """Return ``value`` as a Path; raise unless it is a str or os.PathLike."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    return Path(value)
+
+
+def _check_model_class(model_class: Any) -> None:
+    """Raise unless ``model_class`` is ``T5ForConditionalGeneration`` or a subclass."""
+    if not (isinstance(model_class, type) and issubclass(model_class, T5ForConditionalGeneration)):
+        raise TypeError(
+            f"model_class must be T5ForConditionalGeneration or a subclass, got {model_class!r}"
+        )
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` to disk (a file, or on POSIX the entries of a directory)."""
+    if path.is_dir() and not hasattr(os, "O_DIRECTORY"):
+        return  # Windows cannot open a directory
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) -> None:
+    """Write each file in a staging directory beside ``directory``, then rename it into place."""
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"directory {str(directory)!r} exists and is not a directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.{secrets.token_hex(4)}.tmp"
+    staging.mkdir()  # its mode follows the umask, like any new directory
+    try:
+        for name, write in writers.items():
+            write(staging / name)
+            _fsync(staging / name)
+        if not directory.exists():
+            staging.rename(directory)  # a new directory appears whole
+        else:
+            for name in writers:  # in the order given: weights first, config last
+                os.replace(staging / name, directory / name)
+            staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync(directory)
+    _fsync(directory.parent)
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed JSON of ``path``; a missing or malformed file raises an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: a model directory holds config.json and weights"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def _read_config(path: Path) -> T5Config:
+    """The ``T5Config`` in a ``config.json``; anything but a T5's config raises naming the file."""
+    values = _read_json(path)
+    try:
+        return config_from_json_dict(values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not the config of a T5 model: {error}") from error
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file; an unreadable file raises an error naming it."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+
+
+def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The state dict in ``directory`` and its file, looked for in transformers' order."""
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    pickled = directory / "pytorch_model.bin"
+    if single.is_file():
+        return _load_safetensors(single), single
+    if index.is_file():  # a sharded checkpoint: the index names the file of each tensor
+        listing = _read_json(index)
+        weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+        shards = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+        if not shards or not all(isinstance(s, str) and Path(s).name == s for s in shards):
+            raise ValueError(f"{index} has no weight_map naming files of its own directory")
+        state = {}
+        for shard in sorted(shards):
+            state.update(_load_safetensors(directory / shard))
+        return state, index
+    if pickled.is_file():
+        try:
+            state = torch.load(pickled, map_location="cpu", weights_only=True)
+        except Exception as error:  # the unpickler's errors have no common type
+            raise ValueError(
+                f"{pickled} cannot be loaded with weights_only=True ({error}); t5mini reads "
+                "safetensors files and pickles of plain tensors only"
+            ) from error
+        _check_state_dict(str(pickled), state)
+        return state, pickled
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected model.safetensors (or a sharded "
+        "model.safetensors.index.json, or a weights-only pytorch_model.bin)"
+    )
+
+
+def _stored_tensors(model: T5ForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """What transformers stores: each tensor once, the lm_head only when it is untied."""
+    copies = set(EMBEDDING_COPIES) | ({"lm_head.weight"} if model.lm_head is None else set())
+    state = to_hf_state_dict(model)
+    return {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in copies}
+
+
+def save_pretrained(model: T5ForConditionalGeneration, directory: str | os.PathLike) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` as transformers does."""
+    _check_model("model", model)
+    directory = _check_path("directory", directory)
+    tensors = _stored_tensors(model)
+    config = config_to_json_dict(model.config, dtype=tensors["shared.weight"].dtype)
+    text = json.dumps(config, indent=2) + "\n"
+    writers = {  # weights first, config last
+        "model.safetensors": lambda path: save_file(tensors, path, metadata={"format": "pt"}),
+        "config.json": lambda path: path.write_text(text, encoding="utf-8"),
+    }
+    _write_files(directory, writers)
+    return directory
+
+
+def from_pretrained(
+    directory: str | os.PathLike, model_class: type = T5ForConditionalGeneration
+) -> T5ForConditionalGeneration:
+    """Load what ``save_pretrained`` or transformers wrote in ``directory``, in eval mode."""
+    directory = _check_path("directory", directory)
+    _check_model_class(model_class)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"directory {str(directory)!r} does not exist or is not a directory"
+        )
+    config = _read_config(directory / "config.json")
+    state_dict, source = _read_weights(directory)
+    with torch.device("meta"):  # no memory, no initialisation: the file's tensors are assigned
+        model = model_class(config)
+    model.load_state_dict(_renamed(model, state_dict, str(source)), strict=True, assign=True)
+    return model.eval()

@@ -8,9 +8,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from t5mini.attention import ATTENTION_IMPLEMENTATIONS
+from t5mini.checks import check_bool, check_choice, check_float, check_int
 from t5mini.feedforward import parse_feed_forward_proj
 
-_SIZES = (
+V1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # T5 v1.1 and mT5
+
+# The released models (and the book's CPU-sized `tiny`); anything not listed is the default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
+    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+    "t5-large": dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
+    "t5-v1_1-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **V1_1),
+    "t5-v1_1-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12, **V1_1),
+    "t5-v1_1-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16, **V1_1),
+    "mt5-small": dict(
+        vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **V1_1
+    ),
+    "tiny": dict(
+        vocab_size=8192, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8, **V1_1
+    ),
+}
+
+
+SIZES = (
     "vocab_size",
     "d_model",
     "d_kv",
@@ -20,34 +40,50 @@ _SIZES = (
     "num_heads",
     "relative_attention_num_buckets",
     "relative_attention_max_distance",
-)
+)  # positive ints
+TOKEN_IDS = ("pad_token_id", "eos_token_id", "decoder_start_token_id")
 
-# The released models (and the book's CPU-sized `tiny`); anything not listed is the default.
-PRESETS: dict[str, dict[str, Any]] = {
-    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
-    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
-    "t5-large": dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
-    "t5-v1_1-small": dict(
-        d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-    ),
-    "t5-v1_1-base": dict(
-        d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-    ),
-    "t5-v1_1-large": dict(
-        d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-    ),
-    "mt5-small": dict(
-        vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-    ),
-    "tiny": dict(
-        vocab_size=8192, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-    ),
-}  # fmt: skip
+
+def _check_fields(config: Any) -> None:
+    """Raise TypeError or ValueError naming the first field of ``config`` that cannot build a T5."""
+    for name in SIZES:
+        check_int(name, getattr(config, name), 1)
+    check_float("dropout_rate", config.dropout_rate, 0.0, 1.0, high_open=True)
+    check_float("layer_norm_epsilon", config.layer_norm_epsilon, 0.0, low_open=True)
+    check_float("initializer_factor", config.initializer_factor, 0.0, low_open=True)
+    parse_feed_forward_proj(config.feed_forward_proj)  # names feed_forward_proj itself
+    check_bool("tie_word_embeddings", config.tie_word_embeddings)
+    check_bool("gradient_checkpointing", config.gradient_checkpointing)
+    check_choice("attn_implementation", config.attn_implementation, ATTENTION_IMPLEMENTATIONS)
+    for name in TOKEN_IDS:
+        check_int(name, getattr(config, name), 0, config.vocab_size - 1)
+    buckets = check_int("relative_attention_num_buckets", config.relative_attention_num_buckets, 4)
+    # the decoder's causal buckets have the largest exact region: num_buckets // 2
+    if config.relative_attention_max_distance <= buckets // 2:
+        raise ValueError(
+            f"relative_attention_max_distance must be > {buckets // 2} "
+            f"(relative_attention_num_buckets // 2) to leave room for the log-spaced "
+            f"buckets, got {config.relative_attention_max_distance}"
+        )
+
+
+def _from_dict_kwargs(values: Any, fields: set[str], strict: bool) -> dict[str, Any]:
+    """The ``T5Config`` arguments in a transformers config dict (see ``T5Config.from_dict``)."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"values must be a mapping (a config dict), got {type(values).__name__}")
+    unknown = sorted(str(key) for key in values if key not in fields | {"scale_decoder_outputs"})
+    if check_bool("strict", strict) and unknown:
+        raise ValueError(f"values has keys that are not T5Config fields: {', '.join(unknown)}")
+    kwargs = {key: value for key, value in values.items() if key in fields and value is not None}
+    if "scale_decoder_outputs" in values:  # transformers >= 5 keeps the real switch here
+        scale = check_bool("scale_decoder_outputs", values["scale_decoder_outputs"])
+        kwargs["tie_word_embeddings"] = scale
+    eos = kwargs.get("eos_token_id")
+    if isinstance(eos, (list, tuple)):  # transformers allows several; T5 has one
+        if not eos:
+            raise ValueError("eos_token_id is an empty list; T5 needs one end-of-sequence id")
+        kwargs["eos_token_id"] = eos[0]
+    return kwargs
 
 
 @dataclass
@@ -81,35 +117,8 @@ class T5Config:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first field that cannot build a T5."""
-        for name in _SIZES:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(f"layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
-        parse_feed_forward_proj(self.feed_forward_proj)  # names feed_forward_proj itself
-        buckets = self.relative_attention_num_buckets
-        if buckets < 4:
-            raise ValueError(f"relative_attention_num_buckets must be >= 4, got {buckets}")
-        # the decoder's causal buckets have the largest exact region: num_buckets // 2
-        if self.relative_attention_max_distance <= buckets // 2:
-            raise ValueError(
-                f"relative_attention_max_distance must be > {buckets // 2} "
-                f"(relative_attention_num_buckets // 2) to leave room for the log-spaced "
-                f"buckets, got {self.relative_attention_max_distance}"
-            )
-        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name} must be an int in [0, {self.vocab_size}), got {value!r}")
-        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
-                f"got {self.attn_implementation!r}"
-            )
+        """Raise ``TypeError`` or ``ValueError`` naming the first field that cannot build a T5."""
+        _check_fields(self)
 
     @property
     def is_gated_act(self) -> bool:
@@ -119,22 +128,13 @@ class T5Config:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> T5Config:
         """The configuration of a released model (or ``tiny``), with optional overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**PRESETS[check_choice("name", name, PRESETS)], **overrides})
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> T5Config:
-        """Read a ``transformers`` T5 config dict (or ``config.json``); other keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in values.items() if k in names and v is not None}
-        if "scale_decoder_outputs" in values:  # transformers >= 5 keeps the real switch here
-            kwargs["tie_word_embeddings"] = bool(values["scale_decoder_outputs"])
-        if isinstance(kwargs.get("eos_token_id"), (list, tuple)):
-            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
-        if "num_decoder_layers" not in kwargs and "num_layers" in kwargs:
-            kwargs["num_decoder_layers"] = kwargs["num_layers"]
-        return cls(**kwargs)
+    def from_dict(cls, values: Mapping[str, Any], strict: bool = False) -> T5Config:
+        """Read a transformers config dict or ``config.json``; other keys are ignored unless ``strict``."""
+        fields = {field.name for field in dataclasses.fields(cls)}
+        return cls(**_from_dict_kwargs(values, fields, strict))
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (``transformers.T5Config(**d)`` accepts it)."""

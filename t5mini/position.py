@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
+from t5mini.checks import check_bool, check_int
 
-def _check_bucket_arguments(num_buckets: int, max_distance: int, bidirectional: bool) -> int:
+
+def _check_bucket_arguments(num_buckets: Any, max_distance: Any, bidirectional: Any) -> int:
     """Validate the bucketing arguments and return ``max_exact``, the size of the exact region."""
-    if not isinstance(num_buckets, int) or num_buckets < (4 if bidirectional else 2):
-        raise ValueError(
-            f"num_buckets must be an int >= {4 if bidirectional else 2} "
-            f"(bidirectional={bidirectional}), got {num_buckets!r}"
-        )
+    check_bool("bidirectional", bidirectional)
+    check_int("num_buckets", num_buckets, 4 if bidirectional else 2)
     max_exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
-    if not isinstance(max_distance, int) or max_distance <= max_exact:
+    if check_int("max_distance", max_distance) <= max_exact:
         raise ValueError(
             f"max_distance must be an int > {max_exact} (the exact region of {num_buckets} "
             f"buckets, bidirectional={bidirectional}) to leave room for the log-spaced "
             f"buckets, got {max_distance!r}"
         )
     return max_exact
+
+
+def _check_relative_position(relative_position: Any) -> None:
+    """Raise unless ``relative_position`` is a tensor of integer offsets."""
+    if not isinstance(relative_position, torch.Tensor):
+        got = type(relative_position).__name__
+        raise TypeError(f"relative_position must be an integer tensor, got {got}")
+    dtype = relative_position.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise TypeError(f"relative_position must be an integer tensor, got dtype {dtype}")
 
 
 def relative_position_bucket(
@@ -32,10 +42,7 @@ def relative_position_bucket(
     max_distance: int = 128,
 ) -> torch.Tensor:
     """Map signed offsets ``key - query`` to T5's bucket ids in ``[0, num_buckets)``."""
-    if relative_position.is_floating_point() or relative_position.is_complex():
-        raise TypeError(
-            f"relative_position must be an integer tensor, got dtype {relative_position.dtype}"
-        )
+    _check_relative_position(relative_position)
     max_exact = _check_bucket_arguments(num_buckets, max_distance, bidirectional)
     relative_position = relative_position.long()
     if bidirectional:
@@ -62,15 +69,19 @@ class RelativePositionBias(nn.Module):
         """A ``(num_buckets, num_heads)`` table; the bucketing arguments are checked here."""
         super().__init__()
         _check_bucket_arguments(num_buckets, max_distance, bidirectional)
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
+        check_int("num_heads", num_heads, 1)
+        self.num_buckets, self.max_distance = int(num_buckets), int(max_distance)
         self.bidirectional = bidirectional
-        self.embedding = nn.Embedding(num_buckets, num_heads)
+        self.embedding = nn.Embedding(self.num_buckets, int(num_heads))
 
     def forward(self, query_len: int, key_len: int, query_offset: int = 0) -> torch.Tensor:
         """The bias for queries at ``query_offset + i`` and keys at ``j``: (1, heads, q, k)."""
+        for name, value in (
+            ("query_len", query_len),
+            ("key_len", key_len),
+            ("query_offset", query_offset),
+        ):
+            check_int(name, value, 0)
         device = self.embedding.weight.device
         query_position = torch.arange(query_offset, query_offset + query_len, device=device)
         key_position = torch.arange(key_len, device=device)

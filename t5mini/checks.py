@@ -109,6 +109,18 @@ def check_ids(name: str, ids: Any, vocab_size: int, allow_ignore: bool = False) 
         raise ValueError(f"{name} contains {bad}, outside the vocabulary range {allowed}")
 
 
+def check_hidden_states(name: str, value: Any, d_model: int) -> None:
+    """Raise unless ``value`` is a floating-point tensor with ``d_model`` features in its last dim."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+    if value.dim() == 0 or value.shape[-1] != d_model:
+        raise ValueError(
+            f"{name} must have d_model={d_model} features in its last dimension, "
+            f"got shape {tuple(value.shape)}"
+        )
+
+
 def check_mask(name: str, mask: Any, ids: torch.Tensor, ids_name: str) -> None:
     """Raise unless ``mask`` is None or a tensor with the shape of ``ids`` (1 = token, 0 = pad)."""
     if mask is None:

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from t5mini.checks import check_float, check_int
-
-
-def _check_hidden_states(hidden_states: Any, d_model: int) -> None:
-    """Raise unless ``hidden_states`` is a floating-point tensor whose last dimension is d_model."""
-    if not isinstance(hidden_states, torch.Tensor) or not hidden_states.is_floating_point():
-        got = (
-            hidden_states.dtype if isinstance(hidden_states, torch.Tensor) else type(hidden_states)
-        )
-        raise TypeError(f"hidden_states must be a floating-point tensor, got {got}")
-    if hidden_states.dim() == 0 or hidden_states.shape[-1] != d_model:
-        raise ValueError(
-            f"hidden_states must have d_model={d_model} features in its last dimension, "
-            f"got shape {tuple(hidden_states.shape)}"
-        )
+from t5mini.checks import check_float, check_hidden_states, check_int
 
 
 class RMSNorm(nn.Module):
@@ -35,7 +19,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of ``hidden_states`` and apply the learned gain."""
-        _check_hidden_states(hidden_states, self.weight.shape[0])
+        check_hidden_states("hidden_states", hidden_states, self.weight.shape[0])
         # Square and average in fp32: in fp16, |x| >= 256 already overflows x**2.
         variance = hidden_states.float().pow(2).mean(-1, keepdim=True)  # (..., 1)
         hidden_states = hidden_states * torch.rsqrt(variance + self.eps)  # fp32 from here

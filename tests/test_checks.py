@@ -13,6 +13,7 @@ from t5mini.checks import (
     check_bool,
     check_choice,
     check_float,
+    check_hidden_states,
     check_ids,
     check_int,
     check_mask,
@@ -243,3 +244,27 @@ def test_check_mask_rejects_wrong_shapes(shape) -> None:
     ids = torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(ValueError, match=r"^attention_mask has shape .* but input_ids has shape"):
         check_mask("attention_mask", torch.ones(shape), ids, "input_ids")
+
+
+# --- check_hidden_states ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(8,), (2, 8), (2, 3, 8)])
+def test_check_hidden_states_accepts_float_tensors(dtype, shape) -> None:
+    check_hidden_states("hidden_states", torch.zeros(shape, dtype=dtype), d_model=8)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8).bool(), [[0.0] * 8], np.zeros((2, 8))],
+)
+def test_check_hidden_states_rejects_wrong_types(value) -> None:
+    with pytest.raises(TypeError, match=r"^hidden_states must be a floating-point tensor"):
+        check_hidden_states("hidden_states", value, d_model=8)
+
+
+@pytest.mark.parametrize("shape", [(2, 7), (8, 2), ()])
+def test_check_hidden_states_rejects_wrong_sizes(shape) -> None:
+    with pytest.raises(ValueError, match=r"^hidden_states must have d_model=8 features"):
+        check_hidden_states("hidden_states", torch.zeros(shape), d_model=8)

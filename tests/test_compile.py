@@ -114,3 +114,14 @@ def test_compiled_unequal_depths_tied_head_padded_batch():
     compiled = model.generate(other_ids, other_mask, max_new_tokens=8, compile=True)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     assert len(_compiled_steps[model]) == 1
+
+
+def test_two_models_of_one_shape_each_decode_with_their_own_weights(pair):
+    """A second model of the same configuration may share the compiled code, not the weights."""
+    model, input_ids, attention_mask = pair
+    _, other = reference_pair(7)
+    for owner in (other, model):
+        eager = owner.generate(input_ids, attention_mask, max_new_tokens=10)
+        compiled = owner.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    assert not torch.equal(other.generate(input_ids, attention_mask, max_new_tokens=10), eager)

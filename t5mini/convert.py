@@ -139,6 +139,7 @@ def config_from_hf(hf_config: Any) -> T5Config:
         raise TypeError(
             f"hf_config must be a transformers.T5Config, got {type(hf_config).__name__}"
         )
+    check_choice("hf_config.model_type", getattr(hf_config, "model_type", None), T5_MODEL_TYPES)
     values = hf_config.to_dict()
     values.setdefault("decoder_start_token_id", getattr(hf_config, "decoder_start_token_id", 0))
     if values["decoder_start_token_id"] is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers
@@ -11,7 +13,9 @@ from t5mini.convert import (
     LEGACY_IGNORED_KEYS,
     StateDictMismatch,
     config_from_hf,
+    config_from_json_dict,
     config_to_hf,
+    config_to_json_dict,
     from_hf,
     hf_to_t5mini_names,
     load_hf_state_dict,
@@ -20,7 +24,7 @@ from t5mini.convert import (
 )
 from t5mini.generation import init_cache
 from t5mini.model import T5ForConditionalGeneration
-from tests.reference import hf_model, hf_name_to_t5mini
+from tests.reference import HF_FIELDS, hf_model, hf_name_to_t5mini
 
 BASE = dict(vocab_size=300, d_model=48, d_kv=12, d_ff=96, num_layers=2, num_heads=4)
 GATED = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
@@ -37,6 +41,38 @@ CONFIGS = {
     "deeper-decoder": dict(BASE, **GATED, num_decoder_layers=4),
     "shallower-decoder": dict(BASE, num_layers=3, num_decoder_layers=1),
 }
+
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def assert_rounding_close(
+    got: torch.Tensor, reference: torch.Tensor, truth: torch.Tensor, what: str = "logits"
+) -> None:
+    """``got`` (fp32) is as close to the float64 ``truth`` as float32 rounding allows.
+
+    The fp32 reference's own distance from the truth measures what rounding costs on this
+    computation; ``got`` may be off by 8 times that plus 16 float32 steps at the largest value
+    (for results the reference happens to round almost exactly). Bounds derived this way hold
+    on any CPU, unlike a fixed atol.
+    """
+    truth = truth.double()
+    error = (got.double() - truth).abs().max().item()
+    reference_error = (reference.double() - truth).abs().max().item()
+    allowed = 8 * reference_error + 16 * EPS32 * truth.abs().max().item()
+    assert error <= allowed, (
+        f"{what}: |got - float64| = {error:.3e} > allowed {allowed:.3e} "
+        f"(the fp32 reference's own error: {reference_error:.3e})"
+    )
+
+
+def _exact(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy of the reference: the truth both fp32 implementations are measured against.
+
+    Always a copy of the transformers model, never of t5mini's: a t5mini model that computed
+    the wrong function would otherwise be its own truth.
+    """
+    return copy.deepcopy(model).double()
 
 
 def _batch(vocab_size: int, seed: int = 0):
@@ -61,13 +97,15 @@ def test_parity_after_from_hf(name: str) -> None:
     assert (ours.lm_head is None) == config.tie_word_embeddings
     batch = _batch(config.vocab_size)
     with torch.no_grad():
-        expected, got = hf(**batch), ours(**batch)
-    scale = expected.logits.abs().max()
-    torch.testing.assert_close(
-        got.encoder_last_hidden_state, expected.encoder_last_hidden_state, atol=1e-5, rtol=1e-5
+        expected, got, truth = hf(**batch), ours(**batch), _exact(hf)(**batch)
+    assert_rounding_close(
+        got.encoder_last_hidden_state,
+        expected.encoder_last_hidden_state,
+        truth.encoder_last_hidden_state,
+        "encoder states",
     )
-    torch.testing.assert_close(got.logits / scale, expected.logits / scale, atol=1e-6, rtol=0)
-    torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    assert_rounding_close(got.logits, expected.logits, truth.logits)
+    assert_rounding_close(got.loss, expected.loss, truth.loss, "loss")
 
 
 @pytest.mark.parametrize("name", ["v1.0", "mt5", "odd-heads"])
@@ -88,8 +126,12 @@ def test_cached_decoding_matches_reference(name: str) -> None:
         steps = torch.cat(
             [ours.decode(dec[:, t : t + 1], states, cache=cache) for t in range(dec.shape[1])], 1
         )
-    scale = expected.abs().max()
-    torch.testing.assert_close(steps / scale, expected / scale, atol=1e-6, rtol=0)
+        truth = _exact(hf)(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=dec,
+        ).logits
+    assert_rounding_close(steps, expected, truth, "cached steps")
 
 
 @pytest.mark.parametrize("name", ["v1.0", "v1.1", "odd-heads", "deeper-decoder"])
@@ -99,20 +141,15 @@ def test_round_trip_strict_load(name: str) -> None:
     ours = T5ForConditionalGeneration(config).eval()
     state = to_hf_state_dict(ours)
     fresh = transformers.T5ForConditionalGeneration(config_to_hf(config)).eval()
-    if (
-        not config.tie_word_embeddings
-    ):  # transformers 5 ties at construction; untie like a checkpoint
+    if not config.tie_word_embeddings:  # transformers 5 ties at construction; untie it
         fresh.lm_head.weight = torch.nn.Parameter(fresh.lm_head.weight.detach().clone())
     result = fresh.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     batch = _batch(config.vocab_size, seed=2)
     with torch.no_grad():
-        torch.testing.assert_close(
-            fresh(**batch).logits, ours(**batch).logits, atol=1e-5, rtol=1e-5
-        )
-        torch.testing.assert_close(
-            to_hf(ours)(**batch).logits, ours(**batch).logits, atol=1e-5, rtol=1e-5
-        )
+        got, truth = ours(**batch).logits, _exact(fresh)(**batch).logits
+        assert_rounding_close(got, fresh(**batch).logits, truth)
+        assert_rounding_close(got, to_hf(ours)(**batch).logits, truth)
     back = from_hf(fresh)
     for (n1, p1), (n2, p2) in zip(ours.named_parameters(), back.named_parameters(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
@@ -222,3 +259,84 @@ def test_config_field_for_field() -> None:
         ):
             assert getattr(hf_config, field) == getattr(config, field)
         assert config_from_hf(hf_config) == config
+
+
+def test_config_json_dict_is_what_transformers_reads() -> None:
+    for kwargs in CONFIGS.values():
+        config = T5Config(**kwargs, dropout_rate=0.05, decoder_start_token_id=3)
+        values = config_to_json_dict(config, dtype=torch.bfloat16)
+        assert values["model_type"] == "t5" and values["dtype"] == "bfloat16"
+        assert values["architectures"] == ["T5ForConditionalGeneration"]
+        hf_config = transformers.T5Config.from_dict(values)
+        fresh = transformers.T5Config(**{k: getattr(config, k) for k in HF_FIELDS})
+        for field in (*HF_FIELDS, "is_gated_act", "dense_act_fn", "scale_decoder_outputs"):
+            if field != "tie_word_embeddings":  # transformers 5 always sets it to True
+                assert getattr(hf_config, field) == getattr(fresh, field), field
+        assert hf_config.scale_decoder_outputs == config.tie_word_embeddings
+        assert values["is_gated_act"] == config.is_gated_act
+        assert config_from_json_dict(values) == config
+        assert config_from_json_dict(hf_config.to_dict() | {"decoder_start_token_id": 3}) == config
+    mt5 = config_to_json_dict(T5Config(**CONFIGS["mt5"])) | {"model_type": "mt5"}
+    assert config_from_json_dict(mt5) == T5Config(**CONFIGS["mt5"])
+
+
+def _bert() -> torch.nn.Module:
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    return transformers.BertModel(config)
+
+
+def test_from_hf_refuses_what_is_not_a_t5() -> None:
+    with pytest.raises(ValueError, match=r"hf_model must be a transformers T5.*'bert'"):
+        from_hf(_bert())
+    for value in (torch.nn.Linear(2, 2), "google-t5/t5-small", None):
+        with pytest.raises(TypeError, match="hf_model must be a transformers T5"):
+            from_hf(value)
+    # a T5 without a decoder: the model type is right, the weights list what is missing
+    config = T5Config(**CONFIGS["v1.0"])
+    encoder_only = transformers.T5EncoderModel(config_to_hf(config))
+    with pytest.raises(StateDictMismatch, match="missing key: decoder.final_layer_norm.weight"):
+        from_hf(encoder_only)
+
+
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (
+            lambda m: load_hf_state_dict(m, [("shared.weight", torch.zeros(1))]),
+            TypeError,
+            "state_dict",
+        ),
+        (lambda m: load_hf_state_dict(m, {"shared.weight": [1.0]}), TypeError, "state_dict"),
+        (lambda m: load_hf_state_dict(m, {3: torch.zeros(1)}), TypeError, "state_dict"),
+        (lambda m: load_hf_state_dict("model", {}), TypeError, "model"),
+        (lambda m: to_hf_state_dict(m.state_dict()), TypeError, "model"),
+        (lambda m: to_hf(None), TypeError, "model"),
+        (lambda m: hf_to_t5mini_names(m.config.to_dict()), TypeError, "config"),
+        (lambda m: config_to_json_dict("t5-small"), TypeError, "config"),
+        (lambda m: config_to_hf(m.config.to_dict()), TypeError, "config"),
+        (lambda m: config_from_json_dict([("model_type", "t5")]), TypeError, "values"),
+        (
+            lambda m: config_from_json_dict({"model_type": "bert"}),
+            ValueError,
+            r"values\['model_type'\]",
+        ),
+        (
+            lambda m: config_from_json_dict(m.config.to_dict()),
+            ValueError,
+            r"values\['model_type'\]",
+        ),
+        (lambda m: config_from_hf(m.config), ValueError, "hf_config.model_type"),
+        (lambda m: config_from_hf(m.config.to_dict()), TypeError, "hf_config"),
+        (lambda m: config_from_hf(transformers.BertConfig()), ValueError, "hf_config.model_type"),
+    ],
+)
+def test_bad_arguments_get_errors_naming_them(call, error, name) -> None:
+    model = T5ForConditionalGeneration(T5Config(**CONFIGS["v1.0"]))
+    with pytest.raises(error, match=name):
+        call(model)

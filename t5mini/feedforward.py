@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t5mini.checks import check_float, check_hidden_states, check_int
+
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of GELU that T5 v1.1 and mT5 use."""
@@ -23,18 +25,19 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def parse_feed_forward_proj(feed_forward_proj: str) -> tuple[bool, str]:
-    """``"relu"`` -> (False, "relu"); ``"gated-gelu"`` -> (True, "gelu_tanh"), as transformers reads it."""
-    parts = feed_forward_proj.split("-") if isinstance(feed_forward_proj, str) else []
-    gated = len(parts) == 2 and parts[0] == "gated"
-    name = parts[-1] if parts else None
-    if not (len(parts) == 1 or gated) or name not in ("relu", "gelu", "silu"):
+    """``"relu"`` -> (False, "relu"); ``"gated-gelu"`` -> (True, "gelu_tanh"), as in transformers."""
+    if not isinstance(feed_forward_proj, str):
+        got = type(feed_forward_proj).__name__
+        raise TypeError(f"feed_forward_proj must be a str ('relu', 'gated-gelu', ...), got {got}")
+    *gate, name = feed_forward_proj.split("-")
+    if gate not in ([], ["gated"]) or name not in ("relu", "gelu", "silu"):
         raise ValueError(
             "feed_forward_proj must be 'ACT' or 'gated-ACT' with ACT in relu, gelu, silu "
             f"(T5: 'relu', T5 v1.1/mT5: 'gated-gelu'), got {feed_forward_proj!r}"
         )
-    if gated and name == "gelu":
+    if gate and name == "gelu":
         name = "gelu_tanh"  # T5 v1.1's gated-gelu is the tanh approximation
-    return gated, name
+    return bool(gate), name
 
 
 class FeedForward(nn.Module):
@@ -45,15 +48,8 @@ class FeedForward(nn.Module):
     ) -> None:
         """``wi`` (or ``wi_0``, ``wi_1`` when gated) d_model -> d_ff, and ``wo`` back; no biases."""
         super().__init__()
-        for name, size in (("d_model", d_model), ("d_ff", d_ff)):
-            if not isinstance(size, int) or size <= 0:
-                raise ValueError(f"{name} must be a positive int, got {size!r}")
-        if (
-            isinstance(dropout_rate, bool)
-            or not isinstance(dropout_rate, (int, float))
-            or not (0.0 <= dropout_rate < 1.0)
-        ):
-            raise ValueError(f"dropout_rate must be a number in [0, 1), got {dropout_rate!r}")
+        d_model, d_ff = check_int("d_model", d_model, 1), check_int("d_ff", d_ff, 1)
+        check_float("dropout_rate", dropout_rate, 0.0, 1.0, high_open=True)
         self.gated, self.activation = parse_feed_forward_proj(feed_forward_proj)
         if self.gated:
             self.wi_0 = nn.Linear(d_model, d_ff, bias=False)  # through the activation
@@ -65,6 +61,7 @@ class FeedForward(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(batch, seq_len, d_model) -> (batch, seq_len, d_model)."""
+        check_hidden_states("hidden_states", hidden_states, self.wo.out_features)
         act = ACTIVATIONS[self.activation]
         if self.gated:
             hidden = act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)  # (b, s, d_ff)
@@ -77,15 +74,20 @@ class FeedForward(nn.Module):
 
 
 def keep_wo_in_fp32(model: nn.Module) -> nn.Module:
-    """Cast the ``wo`` of every ``FeedForward`` in ``model`` to fp32 (use after ``model.half()``)."""
+    """Cast every feed-forward output projection ``wo`` in ``model`` to fp32 (after ``.half()``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
-        if isinstance(module, FeedForward):
+        if isinstance(getattr(module, "wo", None), nn.Linear):  # found by name, as transformers
             module.wo.float()
     return model
 
 
 def clamp_fp16(hidden_states: torch.Tensor) -> torch.Tensor:
-    """In fp16, clip to just inside the finite range (as T5's reference does); else unchanged."""
+    """In fp16, clip to just inside the finite range (as transformers' T5 does); else unchanged."""
+    if not isinstance(hidden_states, torch.Tensor):
+        got = type(hidden_states).__name__
+        raise TypeError(f"hidden_states must be a tensor, got {got}")
     if hidden_states.dtype != torch.float16:
         return hidden_states
     largest = torch.finfo(torch.float16).max

@@ -66,13 +66,88 @@ def test_keep_wo_in_fp32_and_clamp() -> None:
     assert torch.equal(clamp_fp16(torch.tensor([1e30])), torch.tensor([1e30]))
 
 
-@pytest.mark.parametrize("bad", ["gated", "swish", "gated-gelu-x", "GELU", "", None])
+@pytest.mark.parametrize(
+    "proj,expected",
+    [
+        ("relu", (False, "relu")),
+        ("gelu", (False, "gelu")),
+        ("silu", (False, "silu")),
+        ("gated-gelu", (True, "gelu_tanh")),
+        ("gated-relu", (True, "relu")),
+        ("gated-silu", (True, "silu")),
+    ],
+)
+def test_parse_feed_forward_proj(proj: str, expected: tuple[bool, str]) -> None:
+    assert parse_feed_forward_proj(proj) == expected
+    assert HFConfig(feed_forward_proj=proj).is_gated_act == expected[0]
+
+
+@pytest.mark.parametrize(
+    "bad", ["gated", "swish", "gated-gelu-x", "GELU", "", "-relu", "relu-gated", "gated-"]
+)
 def test_unknown_feed_forward_proj(bad) -> None:
-    with pytest.raises(ValueError, match="feed_forward_proj"):
+    with pytest.raises(ValueError, match="^feed_forward_proj must be 'ACT' or 'gated-ACT'"):
         parse_feed_forward_proj(bad)
 
 
-@pytest.mark.parametrize("bad", [1.0, -0.1, "0.1"])
-def test_bad_dropout_rate(bad) -> None:
-    with pytest.raises(ValueError, match="dropout_rate"):
-        FeedForward(8, 16, dropout_rate=bad)
+@pytest.mark.parametrize("bad", [None, 1, ["relu"], b"relu"])
+def test_feed_forward_proj_of_the_wrong_type(bad) -> None:
+    with pytest.raises(TypeError, match="^feed_forward_proj must be a str"):
+        parse_feed_forward_proj(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,argument",
+    [
+        (dict(d_model=0, d_ff=16), ValueError, "d_model"),
+        (dict(d_model=8.0, d_ff=16), TypeError, "d_model"),
+        (dict(d_model=True, d_ff=16), TypeError, "d_model"),
+        (dict(d_model=8, d_ff=-1), ValueError, "d_ff"),
+        (dict(d_model=8, d_ff="16"), TypeError, "d_ff"),
+        (dict(d_model=8, d_ff=16, dropout_rate=1.0), ValueError, "dropout_rate"),
+        (dict(d_model=8, d_ff=16, dropout_rate=-0.1), ValueError, "dropout_rate"),
+        (dict(d_model=8, d_ff=16, dropout_rate=float("nan")), ValueError, "dropout_rate"),
+        (dict(d_model=8, d_ff=16, dropout_rate="0.1"), TypeError, "dropout_rate"),
+        (dict(d_model=8, d_ff=16, dropout_rate=None), TypeError, "dropout_rate"),
+        (dict(d_model=8, d_ff=16, feed_forward_proj="swish"), ValueError, "feed_forward_proj"),
+        (dict(d_model=8, d_ff=16, feed_forward_proj=None), TypeError, "feed_forward_proj"),
+    ],
+)
+def test_feedforward_rejects_bad_arguments(kwargs: dict, error: type, argument: str) -> None:
+    with pytest.raises(error, match=rf"^{argument}\b"):
+        FeedForward(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "hidden_states,error",
+    [
+        (torch.ones(2, 3, 8, dtype=torch.long), TypeError),
+        ([[1.0] * 8], TypeError),
+        (torch.ones(2, 3, 7), ValueError),
+        (torch.ones(2, 8, 3), ValueError),
+    ],
+)
+@pytest.mark.parametrize("proj", ["relu", "gated-gelu"])
+def test_feedforward_rejects_bad_input(hidden_states, error: type, proj: str) -> None:
+    with pytest.raises(error, match=r"^hidden_states\b"):
+        FeedForward(8, 16, feed_forward_proj=proj)(hidden_states)
+
+
+def test_half_precision_helpers_reject_bad_input() -> None:
+    with pytest.raises(TypeError, match="^model must be a torch.nn.Module"):
+        keep_wo_in_fp32("model")
+    with pytest.raises(TypeError, match="^hidden_states must be a tensor"):
+        clamp_fp16([1.0, 2.0])
+
+
+def test_keep_wo_in_fp32_finds_wo_by_name() -> None:
+    # like transformers' _keep_in_fp32_modules = ["wo"]: any module tree naming it so
+    cfg = HFConfig(d_model=8, d_ff=16, feed_forward_proj="gated-gelu")
+    model = torch.nn.Sequential(T5DenseGatedActDense(cfg), FeedForward(8, 16)).half()
+    keep_wo_in_fp32(model)
+    assert all(m.wo.weight.dtype == torch.float32 for m in model)
+    assert all(m.wi_1.weight.dtype == torch.float16 for m in model[:1])
+    assert model[1].wi.weight.dtype == torch.float16
+    for module in model:  # each takes fp16 in and gives fp32 out
+        out = module(torch.randn(2, 3, 8).half())
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -44,9 +44,8 @@ def _corpus_paths(corpus: Any) -> list[Path]:
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
     elif not isinstance(corpus, Sequence):
-        raise TypeError(
-            f"corpus must be a path, a list of paths or None, got {type(corpus).__name__}"
-        )
+        got = type(corpus).__name__
+        raise TypeError(f"corpus must be a path, a list of paths or None, got {got}")
     if not corpus:
         raise ValueError("corpus must name at least one text file, got []")
     for index, path in enumerate(corpus):
@@ -150,14 +149,12 @@ def _load_sentencepiece(model_file: Any) -> tuple[Path, spm.SentencePieceProcess
     try:
         sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
     except RuntimeError as error:
-        raise ValueError(
-            f"model_file {str(path)!r} is not a SentencePiece model: {error}"
-        ) from None
+        message = f"model_file {str(path)!r} is not a SentencePiece model: {error}"
+        raise ValueError(message) from None
     for name in ("pad", "eos", "unk"):
         if getattr(sp, f"{name}_id")() < 0:
-            raise ValueError(
-                f"model_file {str(path)!r} defines no {name} piece; T5 needs all three"
-            )
+            message = f"model_file {str(path)!r} defines no {name} piece; T5 needs all three"
+            raise ValueError(message)
     return path, sp
 
 
@@ -169,7 +166,7 @@ def _check_text(name: str, text: Any) -> str:
 
 
 def _token_id(name: str, token_id: Any, vocab_size: int) -> int:
-    """``token_id`` as an int (a Python or NumPy int, a 0-d tensor); raise unless in the vocabulary."""
+    """``token_id`` as an int (Python or NumPy int, 0-d tensor); raise unless in the vocabulary."""
     try:
         if isinstance(token_id, bool):
             raise TypeError
@@ -181,9 +178,8 @@ def _token_id(name: str, token_id: Any, vocab_size: int) -> int:
         hint = (
             " (-100 marks ignored labels; replace it before decoding)" if token_id == -100 else ""
         )
-        raise ValueError(
-            f"{name} is {token_id}, outside the vocabulary range [0, {vocab_size}){hint}"
-        )
+        where = f"outside the vocabulary range [0, {vocab_size}){hint}"
+        raise ValueError(f"{name} is {token_id}, {where}")
     return token_id
 
 
@@ -191,7 +187,7 @@ class SentencePieceVocabulary:
     """T5's ids: the pieces of a SentencePiece model, then ``extra_ids`` sentinels above them."""
 
     def __init__(self, model_file: str | os.PathLike | None = None, extra_ids: int = NUM_SENTINELS):
-        """Load ``model_file`` (default: the model shipped with t5mini) and add ``extra_ids`` sentinels."""
+        """Load ``model_file`` (default: t5mini's shipped model); add ``extra_ids`` sentinels."""
         self.model_file, self.sp = _load_sentencepiece(model_file)
         self.extra_ids = check_int("extra_ids", extra_ids, 0)
         self.num_pieces = self.sp.get_piece_size()
@@ -255,9 +251,7 @@ def _token_ids(name: str, ids: Any, vocab_size: int) -> list[int]:
     elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
         got = f"{type(ids).__name__} {ids!r:.40}"
         raise TypeError(f"{name} must be a sequence of token ids, got {got}")
-    return [
-        _token_id(f"{name}[{index}]", token_id, vocab_size) for index, token_id in enumerate(ids)
-    ]
+    return [_token_id(f"{name}[{index}]", token, vocab_size) for index, token in enumerate(ids)]
 
 
 def _batch_token_ids(name: str, sequences: Any, vocab_size: int) -> list[list[int]]:
@@ -273,7 +267,7 @@ class Tokenizer(SentencePieceVocabulary):
     """T5's tokenizer: text to ids and back, for one text or a padded batch."""
 
     def encode(self, text: str, add_eos: bool = True) -> list[int]:
-        """Token ids of ``text``, ``</s>`` appended; ``<extra_id_N>`` in the text maps to its sentinel."""
+        """Token ids of ``text``, ``</s>`` appended; ``<extra_id_N>`` in it maps to its sentinel."""
         ids: list[int] = []
         # even parts are plain text, odd parts the special strings between them
         for index, part in enumerate(self.special_pattern.split(_check_text("text", text))):
@@ -304,7 +298,7 @@ class Tokenizer(SentencePieceVocabulary):
         add_eos: bool = True,
         return_tensors: str | None = "pt",
     ) -> dict[str, torch.Tensor | list[list[int]]]:
-        """Encode a batch into ``input_ids`` and ``attention_mask``, right-padded with ``pad_id``."""
+        """Encode a batch into ``input_ids`` and ``attention_mask``, right-padded with pad_id."""
         texts = [texts] if isinstance(texts, str) else check_texts("texts", texts)  # str: one text
         if not texts:
             raise ValueError("texts is empty; expected at least one string")
@@ -367,14 +361,13 @@ def pad_batch(
     eos_id: int | None = None,
     return_tensors: str | None = "pt",
 ) -> dict[str, torch.Tensor | list[list[int]]]:
-    """Cut rows to ``max_length`` (``eos_id`` kept last) and right-pad them; 1 = token in the mask."""
+    """Cut rows to ``max_length`` (``eos_id`` kept last), right-pad them; mask 1 = token."""
     _check_padding(batch, pad_id, max_length, padding, truncation, eos_id, return_tensors)
     rows = [list(ids) for ids in batch]
     if truncation:  # as in transformers: cut the text, then put the </s> back at the end
         end = [] if eos_id is None else [eos_id]
-        rows = [
-            ids if len(ids) <= max_length else ids[: max_length - len(end)] + end for ids in rows
-        ]
+        keep = max_length - len(end)
+        rows = [ids if len(ids) <= max_length else ids[:keep] + end for ids in rows]
     lengths = [len(ids) for ids in rows]
     if padding in (True, "longest", "max_length"):
         width = max([max_length, *lengths]) if padding == "max_length" else max(lengths)

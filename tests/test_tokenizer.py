@@ -628,9 +628,30 @@ def test_any_text_encodes_to_valid_ids(tokenizer: Tokenizer, text: str) -> None:
 
 
 FRAGMENTS = st.sampled_from(
-    ["the", " king", "  ", "\t", "\n", ",", "é", "{", "ＡＢ", "ﬁ", "3", "<extra_id_0>",
-     "<extra_id_42>", "<extra_id_100>", "</s>", "<pad>", "<unk>", "<", ">", "▁", " x "]
-)  # fmt: skip
+    [
+        "the",
+        " king",
+        "  ",
+        "\t",
+        "\n",
+        ",",
+        "é",
+        "{",
+        "ＡＢ",
+        "ﬁ",
+        "3",
+        "<extra_id_0>",
+        "<extra_id_42>",
+        "<extra_id_100>",
+        "</s>",
+        "<pad>",
+        "<unk>",
+        "<",
+        ">",
+        "▁",
+        " x ",
+    ]
+)
 
 
 @pytest.fixture(scope="module")

@@ -217,70 +217,26 @@ def _check_forward_inputs(
         raise ValueError("forward needs input_ids or encoder_hidden_states (got neither)")
 
 
-class T5ForConditionalGeneration(nn.Module):
-    """T5: a shared embedding, encoder and decoder stacks, and a tied (v1.0) or untied head."""
+def head_logits(
+    hidden_states: Tensor, embedding: nn.Embedding, lm_head: nn.Linear | None
+) -> Tensor:
+    """Decoder states (batch, len, d_model) -> logits (batch, len, vocab_size)."""
+    if lm_head is None:  # tied: the embedding table, after the d_model**-0.5 rescale
+        d_model = embedding.weight.shape[1]
+        return F.linear(hidden_states * d_model**-0.5, embedding.weight)
+    return lm_head(hidden_states)
 
-    def __init__(self, config: T5Config) -> None:
-        """Build the model of ``config`` with T5's initialisation."""
-        super().__init__()
-        self.config = _checked_config(config)
-        self.embedding = nn.Embedding(config.vocab_size, config.d_model)  # shared
-        self.encoder = T5Stack(config, is_decoder=False)
-        self.decoder = T5Stack(config, is_decoder=True)
-        untied = not config.tie_word_embeddings
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False) if untied else None
-        init_t5_weights(self)
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """The encoder's final states (batch, src_len, d_model), after its norm and dropout."""
-        check_ids("input_ids", input_ids, self.config.vocab_size)
-        check_mask("attention_mask", attention_mask, input_ids, "input_ids")
-        return self.encoder(self.embedding(input_ids), attention_mask)
+class T5PreTrainedModel(nn.Module):
+    """What a T5 model class shares beyond T5 itself: conveniences and hand-offs."""
 
-    def decode(
-        self,
-        decoder_input_ids: Tensor,
-        encoder_hidden_states: Tensor,
-        attention_mask: Tensor | None = None,
-        cache: Any | None = None,
-        decoder_attention_mask: Tensor | None = None,
-    ) -> Tensor:
-        """Logits (batch, new_len, vocab); with a cache, only the new tokens, and it advances."""
-        inputs = (decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask)
-        _check_decode_inputs(self.config, *inputs, cache)
-        embeds = self.embedding(decoder_input_ids)  # (batch, new_len, d_model)
-        states = self.decoder(
-            embeds, decoder_attention_mask, encoder_hidden_states, attention_mask, cache
-        )
-        return self.lm_logits(states)
+    config: T5Config
+    embedding: nn.Embedding
+    lm_head: nn.Linear | None
 
     def lm_logits(self, hidden_states: Tensor) -> Tensor:
         """Decoder states (batch, len, d_model) -> logits (batch, len, vocab_size)."""
-        if self.lm_head is None:  # tied: the embedding table, after the d_model**-0.5 rescale
-            return F.linear(hidden_states * self.config.d_model**-0.5, self.embedding.weight)
-        return self.lm_head(hidden_states)
-
-    def forward(
-        self,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        decoder_input_ids: Tensor | None = None,
-        labels: Tensor | None = None,
-        decoder_attention_mask: Tensor | None = None,
-        encoder_hidden_states: Tensor | None = None,
-    ) -> Seq2SeqLMOutput:
-        """Encode, decode with teacher forcing, and (given labels) the cross-entropy loss."""
-        inputs = (input_ids, decoder_input_ids, labels, encoder_hidden_states)
-        _check_forward_inputs(self.config, *inputs)
-        if decoder_input_ids is None:
-            decoder_input_ids = self.shift_right(labels)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = self.encode(input_ids, attention_mask)
-        logits = self.decode(
-            decoder_input_ids, encoder_hidden_states, attention_mask, None, decoder_attention_mask
-        )
-        loss = None if labels is None else seq2seq_loss(logits, labels)
-        return Seq2SeqLMOutput(logits, loss, encoder_hidden_states)
+        return head_logits(hidden_states, self.embedding, self.lm_head)
 
     def shift_right(self, labels: Tensor) -> Tensor:
         """``shift_right`` with this model's start and pad ids."""
@@ -315,3 +271,63 @@ class T5ForConditionalGeneration(nn.Module):
         from t5mini.convert import from_pretrained
 
         return from_pretrained(directory, model_class=cls)
+
+
+class T5ForConditionalGeneration(T5PreTrainedModel):
+    """T5: a shared embedding, encoder and decoder stacks, and a tied (v1.0) or untied head."""
+
+    def __init__(self, config: T5Config) -> None:
+        """Build the model of ``config`` with T5's initialisation."""
+        super().__init__()
+        self.config = _checked_config(config)
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)  # shared
+        self.encoder = T5Stack(config, is_decoder=False)
+        self.decoder = T5Stack(config, is_decoder=True)
+        untied = not config.tie_word_embeddings
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False) if untied else None
+        init_t5_weights(self)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The encoder's final states (batch, src_len, d_model), after its norm and dropout."""
+        check_ids("input_ids", input_ids, self.config.vocab_size)
+        check_mask("attention_mask", attention_mask, input_ids, "input_ids")
+        return self.encoder(self.embedding(input_ids), attention_mask)
+
+    def decode(
+        self,
+        decoder_input_ids: Tensor,
+        encoder_hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: Any | None = None,
+        decoder_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (batch, new_len, vocab); with a cache, only the new tokens, and it advances."""
+        inputs = (decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask)
+        _check_decode_inputs(self.config, *inputs, cache)
+        embeds = self.embedding(decoder_input_ids)  # (batch, new_len, d_model)
+        states = self.decoder(
+            embeds, decoder_attention_mask, encoder_hidden_states, attention_mask, cache
+        )
+        return head_logits(states, self.embedding, self.lm_head)  # (batch, new_len, vocab)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        decoder_input_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+    ) -> Seq2SeqLMOutput:
+        """Encode, decode with teacher forcing, and (given labels) the cross-entropy loss."""
+        inputs = (input_ids, decoder_input_ids, labels, encoder_hidden_states)
+        _check_forward_inputs(self.config, *inputs)
+        if decoder_input_ids is None:
+            decoder_input_ids = self.shift_right(labels)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = self.encode(input_ids, attention_mask)
+        logits = self.decode(
+            decoder_input_ids, encoder_hidden_states, attention_mask, None, decoder_attention_mask
+        )
+        loss = None if labels is None else seq2seq_loss(logits, labels)
+        return Seq2SeqLMOutput(logits, loss, encoder_hidden_states)

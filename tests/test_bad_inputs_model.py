@@ -36,7 +36,7 @@ BAD_FIELDS = [
     ("initializer_factor", "1", TypeError),
     ("feed_forward_proj", "swish", ValueError),
     ("feed_forward_proj", "gated-gelu-x", ValueError),
-    ("feed_forward_proj", None, ValueError),
+    ("feed_forward_proj", None, TypeError),
     ("tie_word_embeddings", "no", TypeError),
     ("tie_word_embeddings", 0, TypeError),
     ("gradient_checkpointing", "yes", TypeError),

@@ -313,6 +313,8 @@ def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) 
     try:
         for name, write in writers.items():
             write(staging / name)
+            # the umask's mode, as for any new file (safetensors itself writes 0600)
+            os.chmod(staging / name, staging.stat().st_mode & 0o666)
             _fsync(staging / name)
         if not directory.exists():
             staging.rename(directory)  # a new directory appears whole

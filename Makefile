@@ -32,11 +32,12 @@ test: install
 	$(MAKE) --no-print-directory check
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --timeout=900
 
+# Build the website, then check it (book/check_site.py): no missing local file (MathJax's
+# own components and fonts included), no warning in an output, an image on every chapter,
+# no lint pragma in code.
 book: install export
-	rm -rf book/_static/mathjax
-	mkdir -p book/_static
-	cp -r "$$($(BIN)/python -c 'import jupyter_server_mathjax, pathlib; print(pathlib.Path(jupyter_server_mathjax.__file__).parent / "static")')" book/_static/mathjax
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python book/check_site.py _build/html
 
 clean:
-	rm -rf _build book/_static/mathjax .pytest_cache
+	rm -rf _build .pytest_cache

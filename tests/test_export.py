@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -144,3 +145,156 @@ def test_two_chapters_exporting_one_module_is_an_error(tree: Path) -> None:
     (tree / "chapters" / "02_again.md").write_text(CHAPTER)
     result = run(tree)
     assert result.returncode != 0 and "one definition" in (result.stdout + result.stderr)
+
+
+OWN_IMPORTS = """
+```{code-cell} ipython3
+from t5mini.things import add_one
+```
+
+```{code-cell} ipython3
+:tags: [hide-input]
+
+import t5mini.other as other
+from t5mini import things
+```
+
+```{code-cell} ipython3
+#| export
+from typing import TYPE_CHECKING
+
+from t5mini.elsewhere import helper
+from t5mini.other import OTHER as AGAIN
+
+if TYPE_CHECKING:
+    from t5mini.other import OTHER
+```
+"""
+
+# An exported cell of `things` that needs `other` before this chapter defines it: allowed,
+# the `#| export other` cell below replaces the imported name when it runs.
+EARLY_IMPORT = """```{code-cell} ipython3
+#| export
+from t5mini.other import OTHER as EARLY
+```
+
+```{code-cell} ipython3
+#| export other"""
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based number of the line of ``text`` that contains ``needle``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_check_catches_chapter_importing_a_module_it_exports(tree: Path) -> None:
+    chapter = tree / "chapters" / "01_things.md"
+    own_cell = "```{code-cell} ipython3\n#| export other"
+    chapter.write_text(CHAPTER.replace(own_cell, EARLY_IMPORT) + OWN_IMPORTS)
+    run(tree)
+    result = run(tree, "--check")
+    assert result.returncode == 1
+    text = chapter.read_text()
+    for needle, module in [
+        ("from t5mini.things import add_one", "t5mini.things"),
+        ("import t5mini.other as other", "t5mini.other"),
+        ("from t5mini import things", "t5mini.things"),
+        ("from t5mini.other import OTHER as AGAIN", "t5mini.other"),
+    ]:
+        line = f"chapters/01_things.md:{line_of(text, needle)}: `{needle}` imports {module}"
+        assert line in result.stderr, result.stderr
+    assert result.stderr.count("which this chapter exports") == 4
+    # Another chapter's module, one of this chapter's for type hints only, or one imported
+    # by an exported cell before this chapter defines it, is fine.
+    assert "elsewhere" not in result.stderr and "EARLY" not in result.stderr
+    assert "import OTHER`" not in result.stderr
+    assert "delete the import" in result.stderr and "re-runs the chapter" in result.stderr
+    # The fix: use the chapter's own names.
+    chapter.write_text(
+        chapter.read_text()
+        .replace("from t5mini.things import add_one\n", "add_one(1)\n")
+        .replace("import t5mini.other as other\nfrom t5mini import things\n", "OTHER\n")
+        .replace("from t5mini.other import OTHER as AGAIN\n", "AGAIN = OTHER\n")
+    )
+    run(tree)
+    assert run(tree, "--check").returncode == 0
+
+
+def test_intro_clone_url_comes_from_config(tree: Path) -> None:
+    intro = tree / "book" / "intro.md"
+    intro.write_text(
+        "```bash\ngit clone <the repository> t5mini && cd t5mini\n```\n\n"
+        'pip install "t5mini @ git+<the repository>"\n'
+    )
+    result = run(tree, "--check")
+    assert result.returncode == 1 and "book/intro.md" in result.stderr
+    assert "repository URL in _config.yml" in result.stderr
+    run(tree)
+    text = intro.read_text()
+    assert "git clone https://github.com/t5mini/t5mini t5mini && cd t5mini" in text
+    assert 'pip install "t5mini @ git+https://github.com/t5mini/t5mini"' in text
+    assert run(tree, "--check").returncode == 0
+    config = tree / "_config.yml"
+    config.write_text(config.read_text().replace("github.com/", "example.org/"))
+    result = run(tree, "--check")
+    assert result.returncode == 1 and "book/intro.md" in result.stderr
+
+
+def test_the_real_intro_and_readme_use_the_configured_url() -> None:
+    spec = importlib.util.spec_from_file_location("export", ROOT / "book" / "export.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    url = export.repository_url()
+    intro = (ROOT / "book" / "intro.md").read_text()
+    assert f"git clone {url} t5mini" in intro and "<the repository>" not in intro
+    for name in export.URL_DOCUMENTS:
+        text = (ROOT / name).read_text()
+        assert export.with_repository_url(text, url) == text, name
+
+
+# Issue 9 part 2: a chapter runs its own definitions, so an edit to an exported cell takes
+# effect when the chapter is re-run.
+PLANTED = 'raise RuntimeError("planted")'
+
+
+def execute_chapter(path: Path) -> None:
+    """Execute a chapter (a Jupytext file) top to bottom in a fresh kernel, cwd its folder."""
+    import jupytext
+    from nbclient import NotebookClient
+
+    notebook = jupytext.read(path)
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+
+
+def plant_in_forward(chapter: str, class_name: str) -> str:
+    """The chapter's text with ``PLANTED`` as the first line of ``class_name.forward``."""
+    lines = chapter.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"class {class_name}("))
+    cell_start = max(i for i in range(start) if lines[i].startswith("```{code-cell}"))
+    assert lines[cell_start + 1].strip() == "#| export", "the class is defined in an export cell"
+    define = next(i for i in range(start, len(lines)) if "def forward(" in lines[i])
+    body = next(i for i in range(define, len(lines)) if lines[i].rstrip().endswith(":")) + 1
+    indent = lines[define][: len(lines[define]) - len(lines[define].lstrip())] + "    "
+    return "".join(lines[:body] + [f"{indent}{PLANTED}\n"] + lines[body:])
+
+
+@pytest.mark.timeout(900)
+def test_an_edit_to_an_exported_cell_changes_what_the_chapter_runs(tmp_path: Path) -> None:
+    from nbclient.exceptions import CellExecutionError
+
+    source = (ROOT / "chapters" / "02_embeddings_rmsnorm.md").read_text()
+    planted = tmp_path / "planted" / "02_embeddings_rmsnorm.md"
+    planted.parent.mkdir()
+    planted.write_text(plant_in_forward(source, "RMSNorm"))
+    assert planted.read_text().count(PLANTED) == 1
+    with pytest.raises(CellExecutionError, match="planted"):
+        execute_chapter(planted)
+    unmodified = tmp_path / "unmodified" / "02_embeddings_rmsnorm.md"
+    unmodified.parent.mkdir()
+    unmodified.write_text(source)
+    execute_chapter(unmodified)

@@ -4,9 +4,9 @@
 problem with its page, when:
 
 - a page refers to a local file the site does not contain: any ``src``/``href`` (and the
-  ``url()`` in the site's stylesheets), and the files MathJax itself loads (MathJax 2's ``?config=`` files; MathJax 3's components, TeX
-  extensions and fonts, resolved as its loader resolves them), or a page with math loads no
-  MathJax at all;
+  ``url()`` in the site's stylesheets), and the files MathJax itself loads (MathJax 2's
+  ``?config=`` files; MathJax 3's components, TeX extensions and fonts, resolved as its
+  loader resolves them), or a page with math loads no MathJax at all;
 - a page loads a script, stylesheet or image from the network (the site works offline);
 - a cell output contains a warning: any stderr output, "...Warning" text, or a progress-bar
   widget (which renders as nothing on a static page);
@@ -59,6 +59,7 @@ class _PageParser(HTMLParser):
         self.page = Page()
         self.stack: list[tuple[str, set[str], int]] = []  # (tag, classes, index of its text)
         self.texts: dict[int, list[str]] = {}  # open collectors: id -> text pieces
+        self.opened = 0  # elements opened so far: the next collector's id
 
     def _inside(self, tag: str | None = None, cls: str | None = None) -> bool:
         return any(
@@ -96,7 +97,7 @@ class _PageParser(HTMLParser):
                 self.page.mathjax.append(url)
         if tag in VOID:
             return
-        index = len(self.texts)
+        index, self.opened = self.opened, self.opened + 1
         self.texts[index] = []
         self.stack.append((tag, classes, index))
 

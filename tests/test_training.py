@@ -3,9 +3,15 @@ clipping, precision, checkpoints (atomicity, round trip, resume) and fine-tuning
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import stat
+import struct
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers.optimization import Adafactor as ReferenceAdafactor
@@ -234,21 +240,23 @@ def test_linear_cosine_constant_schedules():
 
 
 @pytest.mark.parametrize(
-    "kwargs, name",
+    "kwargs, error, name",
     [
-        (dict(name="step"), "name"),
-        (dict(base_lr=-1.0), "base_lr"),
-        (dict(base_lr=0.0), "base_lr"),
-        (dict(warmup_steps=-1), "warmup_steps"),
-        (dict(warmup_steps=1.5), "warmup_steps"),
-        (dict(name="inverse_sqrt", warmup_steps=0), "warmup_steps"),
-        (dict(name="linear", warmup_steps=10, total_steps=10), "total_steps"),
-        (dict(name="cosine", total_steps=None), "total_steps"),
-        (dict(min_lr=1.0, base_lr=0.1), "min_lr"),
+        (dict(name="step"), ValueError, "name"),
+        (dict(base_lr=-1.0), ValueError, "base_lr"),
+        (dict(base_lr=0.0), ValueError, "base_lr"),
+        (dict(base_lr="0.1"), TypeError, "base_lr"),
+        (dict(warmup_steps=-1), ValueError, "warmup_steps"),
+        (dict(warmup_steps=1.5), TypeError, "warmup_steps"),
+        (dict(name="inverse_sqrt", warmup_steps=0), ValueError, "warmup_steps"),
+        (dict(name="linear", warmup_steps=10, total_steps=10), ValueError, "total_steps"),
+        (dict(name="cosine", total_steps=None), ValueError, "total_steps"),
+        (dict(min_lr=1.0, base_lr=0.1), ValueError, "min_lr"),
+        (dict(ramp=1), TypeError, "ramp"),
     ],
 )
-def test_schedule_bad_arguments(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_schedule_bad_arguments(kwargs, error, name):
+    with pytest.raises(error, match=name):
         Schedule(**kwargs)
 
 
@@ -349,7 +357,7 @@ def test_precision():
     assert trainer.scaler.is_enabled()
     stats = trainer.step(batch)
     assert math.isfinite(stats["loss"]) and stats["grad_scale"] == 2.0**16
-    assert "grad_scale" not in fp32
+    assert fp32["grad_scale"] == 1.0  # no scaling without fp16
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -363,20 +371,25 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize(
-    "kwargs, name",
+    "kwargs, error, name",
     [
-        (dict(accumulation_steps=0), "accumulation_steps"),
-        (dict(accumulation_steps=1.5), "accumulation_steps"),
-        (dict(max_grad_norm=-1.0), "max_grad_norm"),
-        (dict(max_grad_norm=0.0), "max_grad_norm"),
-        (dict(precision="half"), "precision"),
-        (dict(schedule=0.01), "schedule"),
+        (dict(accumulation_steps=0), ValueError, "accumulation_steps"),
+        (dict(accumulation_steps=1.5), TypeError, "accumulation_steps"),
+        (dict(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
+        (dict(max_grad_norm=0.0), ValueError, "max_grad_norm"),
+        (dict(max_grad_norm="1"), TypeError, "max_grad_norm"),
+        (dict(precision="half"), ValueError, "precision"),
+        (dict(schedule=0.01), TypeError, "schedule"),
+        (dict(compile="yes"), TypeError, "compile"),
+        (dict(max_skipped_steps=-1), ValueError, "max_skipped_steps"),
     ],
 )
-def test_trainer_bad_arguments(kwargs, name):
+def test_trainer_bad_arguments(kwargs, error, name):
     model = make_model()
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), **kwargs)
+    with pytest.raises(TypeError, match="optimizer"):
+        Trainer(model, "adafactor")
 
 
 def test_fit_logs_and_schedules():
@@ -595,3 +608,402 @@ def test_a_schedule_with_relative_step_adafactor_is_refused():
     stats = trainer.fit([make_batch(i) for i in range(3)], 3)
     assert [s["lr"] for s in stats] == [0.01, 0.0075, 0.005]
     assert trainer.optimizer.param_groups[0]["lr"] == 0.005  # the schedule really drove it
+
+
+# --- steps that are not finite -----------------------------------------------------------
+
+
+def poison_embedding(model: torch.nn.Module):
+    """A forward hook that turns the embedding's output into nan (remove() undoes it)."""
+    embedding = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return embedding.register_forward_hook(lambda module, inputs, output: output * math.nan)
+
+
+def test_a_nan_loss_skips_the_step_and_leaves_the_weights():
+    model = make_model()
+    trainer = Trainer(model, configure_optimizer(model, lr=1e-2, beta1=0.9), max_grad_norm=1.0)
+    trainer.step(make_batch(0))
+    weights = flat_weights(model)
+    state = {k: {n: torch.as_tensor(v).clone() for n, v in s.items()}
+             for k, s in trainer.optimizer.state_dict()["state"].items()}  # fmt: skip
+    hook = poison_embedding(model)
+    stats = trainer.step(make_batch(1))
+    hook.remove()
+    assert math.isnan(stats["loss"]) and stats["skipped_steps"] == 1 == trainer.skipped_steps
+    assert torch.equal(flat_weights(model), weights)  # untouched, not nan
+    assert all(p.grad is None for p in model.parameters())  # the gradients were dropped
+    for key, entry in trainer.optimizer.state_dict()["state"].items():
+        for name, value in entry.items():  # the optimiser did not step (its count neither)
+            assert torch.equal(torch.as_tensor(value), state[key][name])
+    good = trainer.step(make_batch(2))
+    assert math.isfinite(good["loss"]) and good["skipped_steps"] == 1
+    assert (
+        not torch.equal(flat_weights(model), weights) and torch.isfinite(flat_weights(model)).all()
+    )
+    assert "1 skipped" in training.format_stats(good)
+
+
+def test_an_infinite_gradient_norm_skips_the_step():
+    model = make_model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_grad_norm=None)
+    weights = flat_weights(model)
+    first = next(model.parameters())
+    hook = first.register_hook(lambda grad: grad * math.inf)
+    stats = trainer.step(make_batch())
+    hook.remove()
+    assert math.isfinite(stats["loss"]) and not math.isfinite(stats["grad_norm"])
+    assert stats["skipped_steps"] == 1 and torch.equal(flat_weights(model), weights)
+
+
+def test_too_many_skipped_steps_in_a_row_stop_training():
+    model = make_model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_skipped_steps=2)
+    poison_embedding(model)
+    trainer.step(make_batch())
+    trainer.step(make_batch())
+    with pytest.raises(FloatingPointError, match="max_skipped_steps=2"):
+        trainer.step(make_batch())
+    assert torch.isfinite(flat_weights(model)).all()
+
+
+def test_fp16_grad_scaler_still_skips_and_halves_its_scale():
+    model = make_model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), precision="fp16")
+    weights = flat_weights(model)
+    hook = next(model.parameters()).register_hook(lambda grad: grad * math.inf)
+    stats = trainer.step(make_batch())
+    hook.remove()
+    assert stats["grad_scale"] == 2.0**15 and stats["skipped_steps"] == 1  # halved from 2**16
+    assert torch.equal(flat_weights(model), weights)
+    stats = trainer.step(make_batch())
+    assert math.isfinite(stats["loss"]) and stats["grad_scale"] == 2.0**15
+    assert not torch.equal(flat_weights(model), weights)
+
+
+def test_half_precision_weights_with_adamw_stop_at_once(tmp_path):
+    """AdamW's eps=1e-8 is 0 in float16: its first update divides by zero."""
+    model = make_model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01))
+    trainer.step(make_batch())
+    good = trainer.save(tmp_path / "ckpt.pt")
+    good_bytes = good.read_bytes()
+    half = make_model().half()
+    half_trainer = Trainer(half, torch.optim.AdamW(half.parameters(), lr=1e-3))
+    with pytest.raises(FloatingPointError, match="float32"):
+        half_trainer.step(make_batch())
+    with pytest.raises(ValueError, match="not finite"):  # and it cannot replace the good file
+        half_trainer.save(tmp_path / "ckpt.pt")
+    assert good.read_bytes() == good_bytes
+
+
+def test_save_refuses_weights_that_are_not_finite(tmp_path):
+    trainer = trained_trainer(steps=1)
+    path = trainer.save(tmp_path / "ckpt.pt")
+    before = path.read_bytes()
+    with torch.no_grad():
+        next(trainer.model.parameters())[0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"model: its weights are not finite"):
+        trainer.save(path)
+    with pytest.raises(ValueError, match="not finite"):
+        save_checkpoint(path, trainer.model)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+# --- what a checkpoint may carry -----------------------------------------------------------
+
+
+def test_extra_entries_for_an_exact_resume_come_back(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    torch.rand(5, generator=generator)  # a generator part way through its stream
+    data = {
+        "epoch": 2,
+        "index": 17,
+        "order": [3, 1, 2],
+        "generators": {"order": generator.get_state(), "noise": torch.Generator().get_state()},
+        "nested": {"lengths": (1, 2.5, None, True), "name": "c4", "raw": b"\x00\x01"},
+        "tensor": torch.arange(4),
+    }
+    trainer = trained_trainer(steps=1)
+    trainer.save(tmp_path / "ckpt.pt", data=data, position=5)
+    fresh = trained_trainer(seed=3, steps=0)
+    checkpoint = fresh.load(tmp_path / "ckpt.pt")
+    assert checkpoint["position"] == 5
+    loaded = checkpoint["data"]
+    assert loaded["epoch"] == 2 and loaded["index"] == 17 and loaded["order"] == [3, 1, 2]
+    assert loaded["nested"] == {"lengths": (1, 2.5, None, True), "name": "c4", "raw": b"\x00\x01"}
+    assert torch.equal(loaded["tensor"], torch.arange(4))
+    restored = torch.Generator()
+    restored.set_state(loaded["generators"]["order"])
+    assert torch.equal(torch.rand(3, generator=restored), torch.rand(3, generator=generator))
+    # read the file as anyone would: weights only
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["data"]["index"] == 17
+
+
+@dataclasses.dataclass
+class Position:
+    index: int
+
+
+@pytest.mark.parametrize(
+    "value, where",
+    [
+        (Path("data.txt"), "extra entry 'value'"),
+        (Position(3), "extra entry 'value'"),
+        (np.float64(1.5), "extra entry 'value'"),
+        (np.int64(3), "extra entry 'value'"),
+        ({"inner": [1, np.int32(2)]}, r"extra entry 'value'\['inner'\]\[1\]"),
+        ({1.5: "float key"}, "extra entry 'value' has a key"),
+        ({"a", "set"}, "extra entry 'value'"),
+    ],
+)
+def test_save_refuses_what_a_weights_only_load_cannot_read(tmp_path, value, where):
+    trainer = trained_trainer(steps=1)
+    with pytest.raises(TypeError, match=where):
+        trainer.save(tmp_path / "ckpt.pt", value=value)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    "key", ["format", "config", "model", "optimizer", "step", "rng", "trainer"]
+)
+def test_save_refuses_reserved_keys(tmp_path, key):
+    trainer = trained_trainer(steps=1)
+    with pytest.raises(ValueError, match=f"extra entry '{key}' is reserved"):
+        trainer.save(tmp_path / "ckpt.pt", **{key: 1})
+    if key in ("format", "config", "rng"):  # the others are save_checkpoint's own arguments
+        with pytest.raises(ValueError, match="reserved"):
+            save_checkpoint(tmp_path / "ckpt.pt", trainer.model, **{key: 1})
+
+
+# --- loading is all or nothing -------------------------------------------------------------
+
+
+def snapshot(trainer: Trainer) -> dict:
+    """Everything a load may change, copied."""
+    state = trainer.optimizer.state_dict()
+    return {
+        "weights": [t.clone() for t in trainer.model.state_dict().values()],
+        "optimizer": [
+            (key, name, torch.as_tensor(value).clone())
+            for key, entry in sorted(state["state"].items())
+            for name, value in sorted(entry.items())
+        ],
+        "groups": [dict(g, params=list(g["params"])) for g in state["param_groups"]],
+        "scaler": trainer.scaler.state_dict(),
+        "step": trainer.global_step,
+        "history": list(trainer.history),
+        "skipped": trainer.skipped_steps,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def assert_unchanged(trainer: Trainer, before: dict) -> None:
+    after = snapshot(trainer)
+    assert len(after["weights"]) == len(before["weights"])
+    assert all(torch.equal(a, b) for a, b in zip(after["weights"], before["weights"]))
+    assert [(k, n) for k, n, _ in after["optimizer"]] == [(k, n) for k, n, _ in before["optimizer"]]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(after["optimizer"], before["optimizer"]))
+    assert after["groups"] == before["groups"] and after["scaler"] == before["scaler"]
+    assert after["step"] == before["step"] and after["history"] == before["history"]
+    assert after["skipped"] == before["skipped"] and torch.equal(after["rng"], before["rng"])
+
+
+def adafactor_trainer(seed: int = 0, steps: int = 1, **kwargs) -> Trainer:
+    model = make_model(seed)
+    trainer = Trainer(model, configure_optimizer(model, lr=1e-2), **kwargs)
+    trainer.fit([make_batch(i) for i in range(steps)], steps)
+    return trainer
+
+
+def test_an_adamw_checkpoint_does_not_load_into_an_adafactor_trainer(tmp_path):
+    model = make_model(1)
+    adamw = Trainer(model, configure_optimizer(model, "adamw", lr=1e-3))
+    adamw.fit([make_batch(0)], 1)
+    adamw.save(tmp_path / "adamw.pt")
+    trainer = adafactor_trainer(steps=2)
+    before = snapshot(trainer)
+    with pytest.raises(ValueError, match="AdamW optimizer, not of a Adafactor"):
+        trainer.load(tmp_path / "adamw.pt")
+    assert_unchanged(trainer, before)
+    trainer.step(make_batch(3))  # and it still trains
+
+
+def test_an_fp32_checkpoint_does_not_load_into_an_fp16_trainer(tmp_path):
+    adafactor_trainer(seed=1, steps=2).save(tmp_path / "fp32.pt")
+    trainer = adafactor_trainer(steps=1, precision="fp16")
+    before = snapshot(trainer)
+    with pytest.raises(ValueError, match="gradient-scaler state"):
+        trainer.load(tmp_path / "fp32.pt")
+    assert_unchanged(trainer, before)
+    # the other way round is fine: an fp32 trainer has no scaler state to restore
+    trainer.save(tmp_path / "fp16.pt")
+    adafactor_trainer(seed=2).load(tmp_path / "fp16.pt")
+
+
+def edited_checkpoint(tmp_path: Path, edit) -> Path:
+    """A checkpoint of a trained Adafactor trainer, edited by `edit(checkpoint)`."""
+    path = adafactor_trainer(seed=1, steps=2).save(tmp_path / "ckpt.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+def drop_last_weight(checkpoint):
+    checkpoint["model"].popitem()
+
+
+def widen_first_weight(checkpoint):
+    name = next(iter(checkpoint["model"]))
+    checkpoint["model"][name] = torch.zeros(3, 3)
+
+
+def integer_weight(checkpoint):
+    name = next(iter(checkpoint["model"]))
+    checkpoint["model"][name] = checkpoint["model"][name].long()
+
+
+def wrong_state_shape(checkpoint):
+    entry = checkpoint["optimizer"]["state"][len(checkpoint["optimizer"]["state"]) - 1]
+    entry["exp_avg_sq"] = torch.zeros(1000)
+
+
+def damaged_rng(checkpoint):
+    checkpoint["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
+
+
+def wrong_history(checkpoint):
+    checkpoint["trainer"]["history"] = "not a list"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (drop_last_weight, "weights do not fit the model: missing"),
+        (widen_first_weight, r"is \(3, 3\) torch.float32 in the checkpoint"),
+        (integer_weight, "torch.int64 in the checkpoint"),
+        (wrong_state_shape, "optimizer state 'exp_avg_sq'"),
+        (damaged_rng, "random-generator state is damaged"),
+        (wrong_history, "trainer entry is damaged"),
+    ],
+)
+def test_a_failed_load_changes_nothing(tmp_path, edit, message):
+    path = edited_checkpoint(tmp_path, edit)
+    trainer = adafactor_trainer(steps=3)
+    before = snapshot(trainer)
+    with pytest.raises(ValueError, match=message):
+        trainer.load(path)
+    assert_unchanged(trainer, before)
+
+
+def test_a_checkpoint_with_other_parameter_groups_does_not_load(tmp_path):
+    model = make_model(1)
+    one_group = Trainer(model, Adafactor(model.parameters(), lr=1e-2, relative_step=False))
+    one_group.fit([make_batch(0)], 1)
+    one_group.save(tmp_path / "ckpt.pt")
+    trainer = adafactor_trainer(steps=1)  # configure_optimizer: two groups
+    before = snapshot(trainer)
+    with pytest.raises(ValueError, match="parameter groups"):
+        trainer.load(tmp_path / "ckpt.pt")
+    assert_unchanged(trainer, before)
+
+
+# --- damaged files -------------------------------------------------------------------------
+
+
+def member_data_offsets(path: Path) -> dict[str, tuple[int, int]]:
+    """Where each member's bytes lie in a zip archive: {name: (start, size)}."""
+    data = path.read_bytes()
+    offsets = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            # a local header: 30 bytes, then the name and the extra field, then the data
+            name_length, extra_length = struct.unpack(
+                "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+            )
+            start = info.header_offset + 30 + name_length + extra_length
+            offsets[info.filename] = (start, info.compress_size)
+    return offsets
+
+
+def damaged_copies(path: Path, tmp_path: Path) -> dict[str, Path]:
+    """Empty, cut and byte-flipped copies of a checkpoint (flips inside the pickled
+    dictionary and inside the three largest tensors, where a flip changes what loads)."""
+    data = path.read_bytes()
+    copies = {"empty": b"", "truncated": data[: len(data) // 2], "cut short": data[:-10]}
+    members = member_data_offsets(path)
+    pickle = next(name for name in members if name.endswith("data.pkl"))
+    largest = sorted(members, key=lambda name: members[name][1])[-3:]
+    for name in [pickle, *largest]:
+        start, size = members[name]
+        flipped = bytearray(data)
+        flipped[start + size // 2] ^= 0x01
+        copies[f"flipped in {name.split('/')[-1]}"] = bytes(flipped)
+    written = {}
+    for index, (name, content) in enumerate(copies.items()):
+        written[name] = tmp_path / f"damaged_{index}.pt"
+        written[name].write_bytes(content)
+    return written
+
+
+def test_damaged_checkpoints_are_refused_by_name(tmp_path):
+    path = adafactor_trainer(seed=1, steps=2).save(tmp_path / "ckpt.pt")
+    trainer = adafactor_trainer(steps=1)
+    before = snapshot(trainer)
+    for name, damaged in damaged_copies(path, tmp_path).items():
+        with pytest.raises(ValueError) as error:
+            trainer.load(damaged)
+        message = str(error.value)
+        assert str(damaged) in message and "not a readable t5mini checkpoint" in message, name
+        assert "weights_only" not in message, name
+        assert_unchanged(trainer, before)
+    with pytest.raises(ValueError, match="the file is empty"):
+        load_checkpoint(tmp_path / "damaged_0.pt", make_model())
+
+
+# --- checkpoint files on disk --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_checkpoint_files_get_the_umask_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = trained_trainer(steps=1).save(tmp_path / "ckpt.pt")
+        (tmp_path / "plain").write_bytes(b"")  # any new file, for comparison
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path):
+    stale = [tmp_path / ".ckpt.pt.1a2b3c4d.tmp", tmp_path / ".ckpt.pt.x_9yz0ab.tmp"]
+    kept = [tmp_path / ".ckpt.pt.notes.tmp", tmp_path / ".other.pt.1a2b3c4d.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"half a checkpoint")
+    trained_trainer(steps=1).save(tmp_path / "ckpt.pt")
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)
+    assert load_checkpoint(tmp_path / "ckpt.pt", make_model())["step"] == 1
+
+
+# --- strings are not sequences of texts ----------------------------------------------------
+
+
+def test_a_bare_string_is_not_a_list_of_texts(tokenizer):
+    model = T5ForConditionalGeneration(small_config(vocab_size=tokenizer.vocab_size))
+    with pytest.raises(TypeError, match="sources"):
+        text_to_text_batch(tokenizer, "abc", "xyz")
+    with pytest.raises(TypeError, match="targets"):
+        text_to_text_batch(tokenizer, ["abc"], "x")
+    with pytest.raises(TypeError, match="predictions"):
+        exact_match("abc", "abd")
+    with pytest.raises(TypeError, match="references"):
+        exact_match(["abc"], "a")
+    with pytest.raises(TypeError, match="sources"):
+        generate_texts(model, tokenizer, "hello world")
+    with pytest.raises(TypeError, match=r"sources\[1\]"):
+        generate_texts(model, tokenizer, ["hello", 5])
+    with pytest.raises(ValueError, match="sources"):
+        text_to_text_batch(tokenizer, [], [])

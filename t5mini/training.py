@@ -533,7 +533,8 @@ class Trainer(TrainingStep):
     `batch` as this process's part of the global batch: losses are weighted by the label
     tokens of all processes, so the gradient is the one-process gradient of the whole batch,
     and the logged loss and tokens are the whole batch's. `trainer.model` stays the plain
-    module, the one `save` writes; save and print where `is_main_process`.
+    module, the one `save` writes; save and print where `is_main_process`. `compile=True`
+    runs the forward pass and the loss (of the model or its DDP wrapper) through torch.compile.
     """
 
     @property
@@ -573,11 +574,9 @@ class Trainer(TrainingStep):
     def save(self, path: str | os.PathLike, **extra: Any) -> Path:
         """Write everything needed to resume, atomically; `extra` entries come back from `load`."""
         _check_extra(extra)  # before its names meet those of save_checkpoint's arguments
-        trainer = {
-            "precision": self.precision,
-            "history": self.history,
-            "skipped_steps": self.skipped_steps,
-        }
+        trainer = dict(
+            precision=self.precision, history=self.history, skipped_steps=self.skipped_steps
+        )
         return save_checkpoint(
             path,
             self.model,
@@ -920,26 +919,36 @@ def restore_checkpoint(
     path: str | os.PathLike = "checkpoint",
 ) -> None:
     """Load what `read_checkpoint` returned into the objects, after checking that all of it fits."""
+    scaler = scaler if scaler is not None and scaler.is_enabled() else None  # fp16 only
     check_config(checkpoint["config"], model.config)
     _check_weights(checkpoint["model"], model, Path(path))
     if optimizer is not None:
         _check_optimizer(
             checkpoint["optimizer"], checkpoint["optimizer_class"], optimizer, Path(path)
         )
-    if scaler is not None and scaler.is_enabled() and checkpoint["scaler"] is None:
+    if scaler is not None and checkpoint["scaler"] is None:
         raise ValueError(
             f"{path} holds no gradient-scaler state (it was not written in fp16); "
             "resume it with the precision it was written in"
         )
     if restore_rng:
         _check_rng(checkpoint["rng"], Path(path))
-    model.load_state_dict(checkpoint["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    if scaler is not None and scaler.is_enabled():
-        scaler.load_state_dict(checkpoint["scaler"])
-    if restore_rng:
-        set_rng_state(checkpoint["rng"])
+    undo = (optimizer and optimizer.state_dict(), scaler and scaler.state_dict(), rng_state())
+    try:  # the weights last: whatever refuses before them can be put back as it was
+        if optimizer is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler is not None:
+            scaler.load_state_dict(checkpoint["scaler"])
+        if restore_rng:
+            set_rng_state(checkpoint["rng"])
+        model.load_state_dict(checkpoint["model"])
+    except BaseException:
+        if optimizer is not None:
+            optimizer.load_state_dict(undo[0])
+        if scaler is not None:
+            scaler.load_state_dict(undo[1])
+        set_rng_state(undo[2])
+        raise
 
 
 def load_checkpoint(

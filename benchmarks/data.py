@@ -19,10 +19,13 @@ Goals: ``collate`` at least ``GOAL_OVER_REFERENCE`` times the NumPy reference's 
 (``meets_goal``), and >= 500,000 raw tokens/s in absolute terms (``meets_target``, a
 machine-dependent figure kept for reference). Tokenisation is SentencePiece's and is not
 counted; chapter 9 times the whole pipeline with it.
+
+    python benchmarks/data.py [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -80,12 +83,15 @@ def best_rates(runs: dict, repeats: int = 7) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer batches and rounds")
+    args = parser.parse_args()
     torch.set_num_threads(1)
     collator = SpanCorruptionCollator(
         INPUT_LENGTH, eos_id=1, pad_id=0, first_sentinel_id=VOCAB - 1, seed=0
     )
     generator = torch.Generator().manual_seed(0)
-    steps = 20
+    steps, repeats = (4, 3) if args.quick else (20, 15)
     chunks = torch.randint(
         3, VOCAB - 100, (steps, BATCH_SIZE, collator.raw_length), generator=generator
     )
@@ -94,7 +100,7 @@ def main() -> None:
         for step in range(steps):
             collator(chunks[step])
 
-    lengths = torch.randint(20, 600, (4000,), generator=generator).tolist()
+    lengths = torch.randint(20, 600, (800 if args.quick else 4000,), generator=generator).tolist()
     documents = [torch.randint(3, VOCAB - 100, (n,), generator=generator).tolist() for n in lengths]
     stream_tokens = sum(n + 1 for n in lengths)  # each document gets its EOS
     packed_tokens = (
@@ -137,14 +143,14 @@ def main() -> None:
             "per_row": (per_row, BATCH_SIZE * collator.raw_length),
             "reference": (numpy_reference, BATCH_SIZE * collator.raw_length),
         },
-        repeats=15,
+        repeats=repeats,
     )
     collate_rate, per_row_rate, reference_rate = (
         rates["collate"],
         rates["per_row"],
         rates["reference"],
     )
-    pack_rate = best_rates({"pack": (pack_and_collate, packed_tokens)}, repeats=3)["pack"]
+    pack_rate = best_rates({"pack": (pack_and_collate, packed_tokens)}, min(repeats, 3))["pack"]
     result = {
         "benchmark": "span-corruption collator throughput, raw tokens/s, 1 CPU thread",
         "input_length": INPUT_LENGTH,

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from t5mini.checks import check_bool, check_choice, check_float, check_int, check_texts
+from t5mini.checks import check_bool, check_choice, check_float, check_ids, check_int, check_texts
 from t5mini.config import T5Config
 from t5mini.model import T5ForConditionalGeneration
 
@@ -327,7 +327,18 @@ def wrap_model(
         device_ids = [device.index] if device.type == "cuda" else None  # gloo on the CPU: none
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     forward = ddp or model
-    return ddp, torch.compile(forward) if compile else forward
+    if not compile:
+        return ddp, forward
+    compiled = torch.compile(forward)
+
+    def checked(**batch: torch.Tensor) -> Any:
+        """Check the ids eagerly (inside the compiled graph the model skips that host sync)."""
+        for name in ("input_ids", "decoder_input_ids", "labels"):
+            if batch.get(name) is not None:
+                check_ids(name, batch[name], model.config.vocab_size, name == "labels")
+        return compiled(**batch)
+
+    return ddp, checked
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -1033,3 +1033,8 @@ def test_the_compiled_step_gives_the_eager_losses():
     for a, b in zip(eager, compiled):
         assert math.isclose(a, b, rel_tol=1e-5)
     torch.testing.assert_close(compiled_weights, eager_weights, rtol=1e-5, atol=1e-6)
+    # ids are still checked (eagerly, outside the graph) and the weights are left alone
+    bad = dict(batch, labels=batch["labels"].clone().fill_(32))
+    with pytest.raises(ValueError, match="labels contains 32"):
+        trainer.step(bad)
+    torch.testing.assert_close(flat_weights(trainer.model), compiled_weights, rtol=0, atol=0)

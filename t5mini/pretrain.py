@@ -95,9 +95,9 @@ def pretrain_settings(size: str | None = None) -> PretrainSettings:
         config,
         input_length=128,
         batch_size=8,
-        num_steps=200,
+        num_steps=400,
         warmup_steps=100,
-        base_lr=0.01,
+        base_lr=0.02,
         log_every=100,
         eval_every=100,
     )
@@ -401,7 +401,7 @@ def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
     found = [name for name in OUTPUTS if (output_dir / name).exists()]
     if found:
         raise UsageError(
-            f"--output-dir {output_dir} already holds {', '.join(found)} of another run; "
+            f"--output-dir {output_dir} already holds a run ({', '.join(found)}); "
             "add --resume to continue it, or choose another directory"
         )
     return None

@@ -453,11 +453,16 @@ def _resolve_run(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict
 
 def load_corpus(run: dict[str, Any]) -> tuple[Tokenizer, list[torch.Tensor]]:
     """The tokenizer and the tokenised documents of a run (`--tokenizer`, `--text`)."""
-    for path in run["text"] or ():
-        if not Path(path).is_file():
-            raise UsageError(f"--text {path}: no such file")
+    for flag, path in [("--tokenizer", run["tokenizer"])] + [
+        ("--text", p) for p in run["text"] or ()
+    ]:
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{flag} {path}: no such file")
     tokenizer = Tokenizer(run["tokenizer"])
-    documents = tokenize_documents(tokenizer, read_documents(run["text"]))
+    try:
+        documents = tokenize_documents(tokenizer, read_documents(run["text"]))
+    except (ValueError, TypeError, AttributeError) as error:  # a malformed file
+        raise UsageError(f"--text: {error}") from None
     if not documents:
         raise UsageError(f"--text {' '.join(run['text'])}: no text in it")
     shape = {"documents": len(documents), "tokens": sum(map(len, documents))}

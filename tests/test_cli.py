@@ -169,6 +169,24 @@ def test_missing_and_empty_text(capsys, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_bad_tokenizer_and_bad_jsonl(capsys, tmp_path):
+    code, error = exit_code_and_message(
+        capsys, "--tokenizer", tmp_path / "none.model", "--output-dir", tmp_path / "a"
+    )
+    assert code == 2 and "--tokenizer" in error and "none.model" in error
+    not_a_model = tmp_path / "text.model"
+    not_a_model.write_text("not a SentencePiece model")
+    code, error = exit_code_and_message(
+        capsys, "--tokenizer", not_a_model, "--output-dir", tmp_path / "b"
+    )
+    assert code == 2 and "text.model" in error
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": unquoted}\n')
+    code, error = exit_code_and_message(capsys, "--text", bad, "--output-dir", tmp_path / "c")
+    assert code == 2 and "--text" in error
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
 def test_too_little_text(capsys, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("To be, or not to be.\n")

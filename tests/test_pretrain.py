@@ -88,9 +88,10 @@ def test_settings(tokenizer):
     assert small.replace(num_steps=3).num_steps == 3 and small.num_steps != 3
 
 
-def test_full_size_runs_one_step_on_cpu(tokenizer):
-    """The GPU run's code path, one step at batch 1 (bf16 autocast, as a GPU would use)."""
-    settings = pretrain_settings("full").replace(batch_size=1, precision="bf16")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])  # fp16 + scaler: a T4's run
+def test_full_size_runs_one_step_on_cpu(tokenizer, precision):
+    """The GPU run's code path, one step at batch 1 in 16-bit autocast."""
+    settings = pretrain_settings("full").replace(batch_size=1, precision=precision)
     docs, _ = split_documents(tokenize_documents(tokenizer), every=20)
     collator = SpanCorruptionCollator.from_tokenizer(tokenizer, settings.input_length, seed=0)
     batches = PretrainingBatches(docs, collator, settings.batch_size)
@@ -105,6 +106,7 @@ def test_full_size_runs_one_step_on_cpu(tokenizer):
     assert [e["step"] for e in evaluations] == [0, 1]
     assert all(math.isfinite(e["validation_loss"]) for e in evaluations)
     assert trainer.history[0]["tokens"] == 512 + 114
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
 
 
 # --- data --------------------------------------------------------------------------------

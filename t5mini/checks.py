@@ -92,10 +92,10 @@ def check_texts(name: str, value: Any) -> list[str]:
     return list(value)
 
 
-def _is_compiling() -> bool:
+def is_compiling() -> bool:
     """True while torch.compile traces the caller."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling is not None and is_compiling())
+    probe = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(probe is not None and probe())
 
 
 def check_ids(name: str, ids: Any, vocab_size: int, allow_ignore: bool = False) -> None:
@@ -105,7 +105,7 @@ def check_ids(name: str, ids: Any, vocab_size: int, allow_ignore: bool = False) 
         raise TypeError(f"{name} must be a torch.int64 (or int32) tensor, got {got}")
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise ValueError(f"{name} must have shape (batch, seq_len > 0), got {tuple(ids.shape)}")
-    if _is_compiling():  # a host sync would split the compiled graph: callers check eagerly
+    if is_compiling():  # a host sync would split the compiled graph: callers check eagerly
         return
     values = ids[ids != -100] if allow_ignore else ids
     if values.numel() == 0:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,6 +298,15 @@ class DecoderStepper:
                 self.attention_mask = self.attention_mask.index_select(0, index)
 
 
+def finish_rows(
+    next_tokens: Tensor, unfinished: Tensor, eos_token_id: int, pad_token_id: int
+) -> Tensor:
+    """`next_tokens` (batch,) with pad for finished rows; rows now at EOS marked finished."""
+    next_tokens = torch.where(unfinished, next_tokens, pad_token_id)  # finished: pad
+    unfinished &= next_tokens != eos_token_id  # in place: the caller's mask
+    return next_tokens
+
+
 def sample_search(
     step: DecoderStepper,
     sequences: Tensor,
@@ -320,9 +331,7 @@ def sample_search(
             next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             next_tokens = scores.argmax(dim=-1)  # (batch,)
-        next_tokens = torch.where(unfinished, next_tokens, pad_token_id)  # finished: pad
-        out[:, cur_len] = next_tokens
-        unfinished &= next_tokens != eos_token_id
+        out[:, cur_len] = finish_rows(next_tokens, unfinished, eos_token_id, pad_token_id)
         length = cur_len + 1
         if not unfinished.any():  # the one host sync per step
             break
@@ -502,6 +511,7 @@ class StaticDecoderStep:
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.key_positions = torch.arange(max_length, device=device)
         self.input_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.unfinished = torch.ones(batch_size, dtype=torch.bool, device=device)  # greedy_step's
         self.self_attention = [
             StaticKVCache(batch_size, heads, max_length, config.d_kv, weight.dtype, device)
             for _ in model.decoder.blocks
@@ -538,25 +548,69 @@ class StaticDecoderStep:
         return model.lm_logits(hidden_states)[:, -1].float()
 
 
+def own_code(function: Callable) -> Callable:
+    """A copy of `function` with a code object of its own, so that dynamo caches it apart."""
+    code = function.__code__.replace()  # equal to the original, but a distinct object
+    return types.FunctionType(
+        code, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+    )
+
+
+def skip_guards(skip: bool) -> contextlib.AbstractContextManager:
+    """While active, compiled calls skip dynamo's guard checks (if `skip`; torch >= 2.6)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if skip and set_stance is not None:
+        return set_stance("default", skip_guard_eval_unsafe=True)
+    return contextlib.nullcontext()
+
+
+def compile_step(function: Callable, on_cuda: bool) -> Callable:
+    """`torch.compile` of a copy of `function`, every shape static, as one graph."""
+    if on_cuda:  # CUDA graphs: the whole step replayed by one launch
+        settings: dict[str, Any] = {"mode": "reduce-overhead"}
+    else:  # the generated kernels called from C++, not from a Python wrapper
+        settings = {"options": {"cpp_wrapper": True}}
+    return torch.compile(own_code(function), fullgraph=True, dynamic=False, **settings)
+
+
 class CompiledStepper(StaticDecoderStep):
     """`DecoderStepper`'s interface over a `StaticDecoderStep` whose `forward` is compiled."""
 
     def __init__(self, model: Any, batch_size: int, src_len: int, max_length: int) -> None:
-        """Allocate the buffers and wrap `forward` in `torch.compile` (traced on the first call)."""
+        """Allocate the buffers; compile `forward` and `greedy_step` (each on its first call)."""
         super().__init__(model, batch_size, src_len, max_length)
         self.on_cuda = self.position.device.type == "cuda"
-        mode = "reduce-overhead" if self.on_cuda else None  # CUDA graphs on a GPU
-        self.compiled = torch.compile(self.forward, mode=mode, fullgraph=True, dynamic=False)
+        self.compiled = compile_step(StaticDecoderStep.forward, self.on_cuda)
+        self.compiled_greedy = compile_step(greedy_step, self.on_cuda)
+        self.traced: set[str] = set()
+
+    def run(self, name: str, compiled: Callable, *args: Any) -> Tensor:
+        """Call `compiled(self, model, *args)`: guards checked on a search's first call only."""
+        if self.on_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        started = time.perf_counter()
+        with skip_guards(self.length > 0):  # nothing they watch changes within a search
+            output = compiled(self, self.model_ref(), *args)
+        if name not in self.traced:  # the first call traced and compiled
+            self.traced.add(name)
+            batch, heads, max_length, _ = self.self_attention[0].key.shape
+            print(
+                f"t5mini.generation: compiled {name} for batch {batch}, source length "
+                f"{self.cross_bias.shape[-1]}, max_length {max_length}, {self.cross_bias.dtype}"
+                f" on {self.cross_bias.device} in {time.perf_counter() - started:.1f} s"
+            )
+        self.length += 1
+        return output.clone() if self.on_cuda else output  # a CUDA graph reuses its output
 
     def __call__(self, sequences: Tensor) -> Tensor:
         """Float logits (batch, vocab) for the token after `sequences`; one new token per call."""
         self.position.fill_(self.length)
         self.input_ids.copy_(sequences[:, -1:])  # a fixed buffer: the same input every step
-        if self.on_cuda:
-            torch.compiler.cudagraph_mark_step_begin()
-        logits = self.compiled(self.model_ref(), self.input_ids)
-        self.length += 1
-        return logits.clone() if self.on_cuda else logits  # a CUDA graph reuses its output
+        return self.run("the decoding step", self.compiled, self.input_ids)
+
+    def greedy(self, eos_token_id: int, pad_token_id: int) -> Tensor:
+        """The greedy next tokens (batch,), chosen inside the compiled graph (`greedy_step`)."""
+        return self.run("the greedy step", self.compiled_greedy, eos_token_id, pad_token_id)
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search) in place: the buffers keep their addresses."""
@@ -567,49 +621,83 @@ class CompiledStepper(StaticDecoderStep):
             value.copy_(value.index_select(0, index))
         self.cross_bias.copy_(self.cross_bias.index_select(0, index))
 
-    def reset(self, encoder_hidden_states: Tensor, attention_mask: Tensor | None) -> None:
-        """Fill the buffers for new encoder states (batch, src_len, d_model); nothing cached yet."""
-        cache = init_cache(self.model_ref(), encoder_hidden_states, attention_mask, self.max_length)
-        for (key, value), (new_key, new_value) in zip(self.cross_attention, cache.cross_attention):
-            key.copy_(new_key)
-            value.copy_(new_value)
-        if cache.cross_bias is None:
-            self.cross_bias.zero_()
-        else:
-            self.cross_bias.copy_(cache.cross_bias)
-        self.bias_by_key.copy_(cache.bias_by_key)
-        for layer in self.self_attention:
-            layer.key.zero_()
-            layer.value.zero_()
-        self.length = 0
+
+def reset_static_step(
+    step: StaticDecoderStep,
+    encoder_hidden_states: Tensor,
+    attention_mask: Tensor | None,
+    start: Tensor,
+) -> None:
+    """Fill the buffers for new encoder states (batch, src_len, d_model) and `start` (batch, 1)."""
+    cache = init_cache(step.model_ref(), encoder_hidden_states, attention_mask, step.max_length)
+    for (key, value), (new_key, new_value) in zip(step.cross_attention, cache.cross_attention):
+        key.copy_(new_key)
+        value.copy_(new_value)
+    if cache.cross_bias is None:
+        step.cross_bias.zero_()
+    else:
+        step.cross_bias.copy_(cache.cross_bias)
+    step.bias_by_key.copy_(cache.bias_by_key)
+    for layer in step.self_attention:
+        layer.key.zero_()
+        layer.value.zero_()
+    step.input_ids.copy_(start)
+    step.position.zero_()
+    step.unfinished.fill_(True)
+    step.length = 0
 
 
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+MAX_COMPILED_STEPS = 8  # shapes kept per model
 
 
 def compiled_stepper(
-    model: Any, encoder_hidden_states: Tensor, attention_mask: Tensor | None, max_length: int
+    model: Any,
+    encoder_hidden_states: Tensor,
+    attention_mask: Tensor | None,
+    max_length: int,
+    start: Tensor,
 ) -> CompiledStepper:
-    """The model's compiled step for this shape (compiled and warmed up on first use), reset."""
+    """The model's compiled step for this shape (built on first use), reset for `start`."""
     batch_size, src_len, _ = encoder_hidden_states.shape
     weight = model.decoder.blocks[0].self_attention.k.weight
     key = (batch_size, src_len, max_length, weight.dtype, weight.device)
     steps = _compiled_steps.setdefault(model, {})
     if key not in steps:
-        step = CompiledStepper(model, batch_size, src_len, max_length)
-        step.reset(encoder_hidden_states, attention_mask)
-        started = time.perf_counter()
-        warm_up = step.input_ids.new_zeros(batch_size, 1)
-        for _ in range(3 if step.on_cuda else 1):  # CUDA graphs are recorded on a later call
-            step(warm_up)
-        print(
-            f"t5mini.generation: compiled the decoding step for batch {batch_size}, source "
-            f"length {src_len}, max_length {max_length}, {weight.dtype} on {weight.device} "
-            f"in {time.perf_counter() - started:.1f} s"
-        )
-        steps[key] = step
-    steps[key].reset(encoder_hidden_states, attention_mask)
+        steps[key] = CompiledStepper(model, batch_size, src_len, max_length)
+        if len(steps) > MAX_COMPILED_STEPS:
+            del steps[next(iter(steps))]  # the least recently used shape
+    steps[key] = steps.pop(key)  # now the most recently used: last in order
+    reset_static_step(steps[key], encoder_hidden_states, attention_mask, start)
     return steps[key]
+
+
+def greedy_step(
+    step: StaticDecoderStep, model: Any, eos_token_id: int, pad_token_id: int
+) -> Tensor:
+    """A decoding step and greedy search's bookkeeping, to compile whole: next tokens (batch,)."""
+    logits = step.forward(model, step.input_ids)  # (batch, vocab)
+    next_tokens = finish_rows(logits.argmax(dim=-1), step.unfinished, eos_token_id, pad_token_id)
+    step.input_ids.copy_(next_tokens[:, None])  # the next step's input
+    step.position.add_(1)
+    return next_tokens
+
+
+def compiled_greedy_search(
+    step: CompiledStepper,
+    sequences: Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> Tensor:
+    """`sample_search` without sampling or penalties, one compiled call per token."""
+    out = sequences.new_full((sequences.shape[0], 1 + max_new_tokens), pad_token_id)
+    out[:, :1] = sequences  # (batch, 1 + max_new_tokens), filled in place
+    for cur_len in range(1, 1 + max_new_tokens):
+        out[:, cur_len] = step.greedy(eos_token_id, pad_token_id)
+        if not step.unfinished.any():  # the one host sync per step
+            return out[:, : cur_len + 1]
+    return out
 
 
 @torch.no_grad()
@@ -665,7 +753,12 @@ def generate(
         start = start.repeat_interleave(copies, dim=0)
     max_length = 1 + settings.max_new_tokens
     if settings.compile:
-        step = compiled_stepper(model, encoder_hidden_states, attention_mask, max_length)
+        step = compiled_stepper(model, encoder_hidden_states, attention_mask, max_length, start)
+        plain = settings.repetition_penalty == 1.0 and settings.min_new_tokens == 0
+        if settings.num_beams == 1 and not settings.do_sample and plain:
+            return compiled_greedy_search(
+                step, start, settings.max_new_tokens, config.eos_token_id, config.pad_token_id
+            )
     else:
         step = DecoderStepper(model, encoder_hidden_states, attention_mask, max_length, use_cache)
     search = beam_search if settings.num_beams > 1 else sample_search

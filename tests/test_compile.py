@@ -12,6 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from t5mini.generation import (
+    MAX_COMPILED_STEPS,
     StaticDecoderStep,
     _compiled_steps,
     init_cache,
@@ -74,9 +75,14 @@ def test_compiled_greedy_and_sampling_equal_eager(pair):
         )  # fmt: skip
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     assert len(_compiled_steps[model]) == 1  # one shape: compiled once, reused
-    assert _unique_graphs() - graphs <= 1  # static shapes: no new graph per step
+    assert _unique_graphs() - graphs <= 2  # greedy_step and forward: no new graph per step
     # the premise: some rows stopped at EOS, so padding and stopping were exercised
     assert (compiled == EOS).any()
+    # rows that all stop early: the compiled greedy search ends and trims as eager does
+    eager = model.generate(input_ids[:2], attention_mask[:2], max_new_tokens=10)
+    compiled = model.generate(input_ids[:2], attention_mask[:2], max_new_tokens=10, compile=True)
+    assert eager.shape[1] < 11 and (eager == EOS).any(dim=1).all()
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
 
 
 def test_compiled_beam_search_equals_eager(pair):
@@ -97,7 +103,8 @@ def test_compiled_beam_search_equals_eager(pair):
             generator=torch.Generator().manual_seed(2), **kwargs,
         )  # fmt: skip
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
-    assert len(_compiled_steps[model]) == 2  # greedy's shape and the beams' (batch * 3)
+    # greedy's shape, the early stop's (batch 2) and the beams' (batch * 3)
+    assert len(_compiled_steps[model]) == 3
 
 
 def test_compiled_unequal_depths_tied_head_padded_batch():
@@ -125,3 +132,38 @@ def test_two_models_of_one_shape_each_decode_with_their_own_weights(pair):
         compiled = owner.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     assert not torch.equal(other.generate(input_ids, attention_mask, max_new_tokens=10), eager)
+
+
+def test_many_shapes_compile_without_hitting_dynamo_limits():
+    """Each stepper has its own code object: no shape competes for dynamo's 8 graphs per code."""
+    _, model = reference_pair(3, num_layers=1)
+    input_ids, attention_mask = padded_batch(3, batch_size=2, src_len=5)
+    limit = torch._dynamo.config.recompile_limit
+    for max_new_tokens in range(1, limit + 3):  # more shapes than one code object may hold
+        eager = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens)
+        compiled = model.generate(
+            input_ids, attention_mask, max_new_tokens=max_new_tokens, compile=True
+        )
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    steps = _compiled_steps[model]
+    assert len(steps) == MAX_COMPILED_STEPS  # the oldest shapes were dropped
+    kept = [key[2] for key in steps]  # max_length = 1 + max_new_tokens, oldest first
+    assert kept == list(range(limit + 3 - MAX_COMPILED_STEPS + 1, limit + 3 + 1))
+
+
+def test_a_change_to_the_model_between_searches_is_seen(pair):
+    """Guards are skipped within a search but checked at its first step: a changed model recompiles."""
+    model, input_ids, attention_mask = pair
+    before = model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
+    norm = model.decoder.blocks[-1].feed_forward_norm
+    old_eps = norm.eps
+    try:
+        norm.eps = 1e6  # a module attribute the compiled graph read as a constant
+        eager = model.generate(input_ids, attention_mask, max_new_tokens=10)
+        compiled = model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        assert not torch.equal(compiled, before)  # the premise: the change changes the tokens
+    finally:
+        norm.eps = old_eps
+    again = model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
+    torch.testing.assert_close(again, before, rtol=0, atol=0)

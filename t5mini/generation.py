@@ -582,6 +582,7 @@ class CompiledStepper(StaticDecoderStep):
         self.on_cuda = self.position.device.type == "cuda"
         self.compiled = compile_step(StaticDecoderStep.forward, self.on_cuda)
         self.compiled_greedy = compile_step(greedy_step, self.on_cuda)
+        self.guard_every_step = False  # True: dynamo checks its guards at every call
         self.traced: set[str] = set()
 
     def run(self, name: str, compiled: Callable, *args: Any) -> Tensor:
@@ -589,7 +590,7 @@ class CompiledStepper(StaticDecoderStep):
         if self.on_cuda:
             torch.compiler.cudagraph_mark_step_begin()
         started = time.perf_counter()
-        with skip_guards(self.length > 0):  # nothing they watch changes within a search
+        with skip_guards(self.length > 0 and not self.guard_every_step):  # see above
             output = compiled(self, self.model_ref(), *args)
         if name not in self.traced:  # the first call traced and compiled
             self.traced.add(name)

@@ -525,6 +525,23 @@ class StaticDecoderStep:
         self.cross_bias = torch.zeros(batch_size, 1, 1, src_len, dtype=weight.dtype, device=device)
         self.bias_by_key = torch.zeros(heads, max_length, dtype=weight.dtype, device=device)
 
+    def buffers(self) -> list[Tensor]:
+        """Every tensor this step holds and the compiled step reads or writes."""
+        caches = [t for layer in self.self_attention for t in (layer.key, layer.value)]
+        cross = [t for key_value in self.cross_attention for t in key_value]
+        return (
+            caches
+            + cross
+            + [
+                self.position,
+                self.key_positions,
+                self.input_ids,
+                self.unfinished,
+                self.cross_bias,
+                self.bias_by_key,
+            ]
+        )
+
     def self_bias(self) -> Tensor:
         """The new query's bias over every slot, later slots masked: (1, heads, 1, max_length)."""
         last = self.max_length - 1
@@ -580,6 +597,9 @@ class CompiledStepper(StaticDecoderStep):
         """Allocate the buffers; compile `forward` and `greedy_step` (each on its first call)."""
         super().__init__(model, batch_size, src_len, max_length)
         self.on_cuda = self.position.device.type == "cuda"
+        if self.on_cuda:  # CUDA graphs may then write these buffers in place, not copies
+            for buffer in self.buffers():
+                torch._dynamo.mark_static_address(buffer)
         self.compiled = compile_step(StaticDecoderStep.forward, self.on_cuda)
         self.compiled_greedy = compile_step(greedy_step, self.on_cuda)
         self.guard_every_step = False  # True: dynamo checks its guards at every call

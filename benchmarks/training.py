@@ -16,6 +16,9 @@ step's first call compiles; its warm-up seconds are reported, not hidden. The co
 take turns, round after round, and the best round of each counts, so that other work on
 the machine disturbs them alike. Prints JSON with the ratios; the goals are ratios too:
 eager t5mini no slower than transformers, the compiled step at least 1.3 times faster.
+Also printed: the seconds a step (the compiled one, if any) spends in matrix products,
+profiled, and transformers' step over them: the speed-up a step would reach if nothing but
+its matrix products were left, the ceiling that no implementation can pass.
 
     python benchmarks/training.py [--repeats 5] [--threads 0] [--quick] [--no-compile]
 """
@@ -98,6 +101,22 @@ def best_of(runs: dict, repeats: int) -> dict[str, float]:
     return best
 
 
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+
+
+def matmul_seconds(step) -> float:
+    """Seconds one call of `step` spends in matrix products (profiled): the step's floor.
+
+    At this size the products are compute-bound BLAS calls that every implementation makes
+    alike; what is left of a step above them (elementwise kernels, the optimiser, Python)
+    is what an implementation can still win.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        step()
+    events = profile.key_averages()
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -142,6 +161,8 @@ def main() -> None:
     update_seconds = best_of(
         {"transformers": reference_optimizer.step, "t5mini": trainer.optimizer.step}, repeats
     )
+    floor_step = runs.get("t5mini_compiled", runs["t5mini"])
+    matmuls = min(matmul_seconds(floor_step) for _ in range(3))
     tokens = batch_size * (128 + 29)
     speedups = {
         name: step_seconds["transformers"] / seconds
@@ -162,6 +183,8 @@ def main() -> None:
         "adafactor_update_seconds": update_seconds,
         "adafactor_speedup_vs_transformers": update_seconds["transformers"]
         / update_seconds["t5mini"],
+        "matmul_seconds_of_a_step": matmuls,
+        "ceiling_speedup_if_only_matmuls_remained": step_seconds["transformers"] / matmuls,
         "goal_step_speedup": GOAL,
         "goal_compiled_step_speedup": GOAL_COMPILED,
     }

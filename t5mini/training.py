@@ -329,7 +329,10 @@ def wrap_model(
     forward = ddp or model
     if not compile:
         return ddp, forward
-    compiled = torch.compile(forward)
+    # On the CPU, a value read twice is stored rather than recomputed in each reader (the
+    # position bias, shared by every layer); measured in benchmarks/training.py.
+    options = {"realize_reads_threshold": 2} if device.type == "cpu" else None
+    compiled = torch.compile(forward, options=options)
 
     def checked(**batch: torch.Tensor) -> Any:
         """Check the ids eagerly (inside the compiled graph the model skips that host sync)."""

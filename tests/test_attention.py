@@ -22,19 +22,9 @@ from t5mini.attention import (
     sdpa_attention,
 )
 from t5mini.position import RelativePositionBias
+from tests.tolerance import assert_close_to_truth
 
 MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
-FP32_EPS = torch.finfo(torch.float32).eps
-
-
-def assert_close_to_truth(
-    ours: torch.Tensor, reference: torch.Tensor, truth: torch.Tensor, factor: float = 4.0
-) -> None:
-    """``ours`` is within ``factor`` times the fp32 ``reference``'s error from ``truth``."""
-    scale = truth.abs().max().item()
-    reference_error = (reference.double() - truth).abs().max().item()
-    error = (ours.double() - truth).abs().max().item()
-    assert error <= factor * reference_error + 4 * FP32_EPS * scale, (error, reference_error)
 
 
 def assert_parity(ours: torch.Tensor, reference: torch.Tensor, reference64: torch.Tensor) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from t5mini.convert import (
 from t5mini.generation import init_cache
 from t5mini.model import T5ForConditionalGeneration
 from tests.reference import HF_FIELDS, hf_model, hf_name_to_t5mini
+from tests.tolerance import assert_close_to_truth
 
 BASE = dict(vocab_size=300, d_model=48, d_kv=12, d_ff=96, num_layers=2, num_heads=4)
 GATED = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
@@ -43,27 +45,8 @@ CONFIGS = {
 }
 
 
-EPS32 = torch.finfo(torch.float32).eps
-
-
-def assert_rounding_close(
-    got: torch.Tensor, reference: torch.Tensor, truth: torch.Tensor, what: str = "logits"
-) -> None:
-    """``got`` (fp32) is as close to the float64 ``truth`` as float32 rounding allows.
-
-    The fp32 reference's own distance from the truth measures what rounding costs on this
-    computation; ``got`` may be off by 8 times that plus 16 float32 steps at the largest value
-    (for results the reference happens to round almost exactly). Bounds derived this way hold
-    on any CPU, unlike a fixed atol.
-    """
-    truth = truth.double()
-    error = (got.double() - truth).abs().max().item()
-    reference_error = (reference.double() - truth).abs().max().item()
-    allowed = 8 * reference_error + 16 * EPS32 * truth.abs().max().item()
-    assert error <= allowed, (
-        f"{what}: |got - float64| = {error:.3e} > allowed {allowed:.3e} "
-        f"(the fp32 reference's own error: {reference_error:.3e})"
-    )
+# 8 times the fp32 reference's error plus 16 float32 steps: a whole model's logits and loss
+assert_rounding_close = functools.partial(assert_close_to_truth, factor=8.0, steps=16.0)
 
 
 def _exact(model: torch.nn.Module) -> torch.nn.Module:

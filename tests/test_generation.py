@@ -27,6 +27,7 @@ from t5mini.generation import (
     top_p_filter,
 )
 from t5mini.position import RelativePositionBias
+from tests.tolerance import assert_close_to_truth
 
 VOCAB = 96
 EOS = 1
@@ -367,11 +368,8 @@ def test_cached_steps_give_the_full_forward_logits():
         truth = exact.decode(
             decoder_input_ids, exact.encode(input_ids, attention_mask), attention_mask
         )
-    stepped = torch.cat(steps, dim=1).double()
-    reference_error = (full.double() - truth).abs().max().item()
-    scale = truth.abs().max().item()
-    allowed = 8 * reference_error + 64 * torch.finfo(torch.float32).eps * scale
-    assert (stepped - truth).abs().max().item() <= allowed
+    stepped = torch.cat(steps, dim=1)
+    assert_close_to_truth(stepped, full, truth, "stepped logits", factor=8.0, steps=64.0)
 
 
 def test_the_encoder_runs_once(monkeypatch):

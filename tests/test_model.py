@@ -17,6 +17,7 @@ from t5mini.config import PRESETS, T5Config
 from t5mini.generation import init_cache
 from t5mini.model import T5ForConditionalGeneration, shift_right
 from tests.reference import copy_hf_weights, hf_model
+from tests.tolerance import FP32_EPS, assert_close_to_truth
 
 SMALL = dict(vocab_size=160, d_model=32, d_kv=8, d_ff=48, num_heads=4, dropout_rate=0.1)
 V10 = dict(**SMALL, num_layers=2, feed_forward_proj="relu", tie_word_embeddings=True)
@@ -27,15 +28,6 @@ V11 = dict(
     feed_forward_proj="gated-gelu",
     tie_word_embeddings=False,
 )
-FP32_EPS = torch.finfo(torch.float32).eps
-
-
-def assert_close_to_truth(ours, reference, truth, factor: float = 4.0) -> None:
-    """``ours`` is within ``factor`` times the fp32 ``reference``'s error from ``truth``."""
-    scale = truth.abs().max().item()
-    reference_error = (reference.double() - truth).abs().max().item()
-    error = (ours.double() - truth).abs().max().item()
-    assert error <= factor * reference_error + 4 * FP32_EPS * scale, (error, reference_error)
 
 
 def _batch():

@@ -651,13 +651,12 @@ def reset_static_step(
 ) -> None:
     """Fill the buffers for new encoder states (batch, src_len, d_model) and `start` (batch, 1)."""
     cache = init_cache(step.model_ref(), encoder_hidden_states, attention_mask, step.max_length)
+    src_len = encoder_hidden_states.shape[1]  # <= the buffers' source length
     for (key, value), (new_key, new_value) in zip(step.cross_attention, cache.cross_attention):
-        key.copy_(new_key)
-        value.copy_(new_value)
-    if cache.cross_bias is None:
-        step.cross_bias.zero_()
-    else:
-        step.cross_bias.copy_(cache.cross_bias)
+        key.zero_()[:, :, :src_len] = new_key
+        value.zero_()[:, :, :src_len] = new_value
+    step.cross_bias.fill_(mask_value(step.cross_bias.dtype))  # keys past the source: masked
+    step.cross_bias[..., :src_len] = 0.0 if cache.cross_bias is None else cache.cross_bias
     step.bias_by_key.copy_(cache.bias_by_key)
     for layer in step.self_attention:
         layer.key.zero_()
@@ -670,6 +669,7 @@ def reset_static_step(
 
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MAX_COMPILED_STEPS = 8  # shapes kept per model
+SHAPE_MULTIPLE = 16  # source lengths and max_length round up to a multiple of this
 
 
 def compiled_stepper(
@@ -681,6 +681,7 @@ def compiled_stepper(
 ) -> CompiledStepper:
     """The model's compiled step for this shape (built on first use), reset for `start`."""
     batch_size, src_len, _ = encoder_hidden_states.shape
+    src_len, max_length = (-(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE for n in (src_len, max_length))
     weight = model.decoder.blocks[0].self_attention.k.weight
     key = (batch_size, src_len, max_length, weight.dtype, weight.device)
     steps = _compiled_steps.setdefault(model, {})

@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 
 from t5mini.generation import (
     MAX_COMPILED_STEPS,
+    SHAPE_MULTIPLE,
     StaticDecoderStep,
     _compiled_steps,
     init_cache,
@@ -139,7 +140,8 @@ def test_many_shapes_compile_without_hitting_dynamo_limits():
     _, model = reference_pair(3, num_layers=1)
     input_ids, attention_mask = padded_batch(3, batch_size=2, src_len=5)
     limit = torch._dynamo.config.recompile_limit
-    for max_new_tokens in range(1, limit + 2):  # one shape more than a code object may hold
+    lengths = [SHAPE_MULTIPLE * k for k in range(1, limit + 2)]  # one bucket per length
+    for max_new_tokens in lengths:  # one shape more than a code object may hold
         eager = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens)
         compiled = model.generate(
             input_ids, attention_mask, max_new_tokens=max_new_tokens, compile=True
@@ -147,8 +149,21 @@ def test_many_shapes_compile_without_hitting_dynamo_limits():
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     steps = _compiled_steps[model]
     assert len(steps) == MAX_COMPILED_STEPS  # the oldest shapes were dropped
-    kept = [key[2] for key in steps]  # max_length = 1 + max_new_tokens, oldest first
-    assert kept == list(range(limit + 2 - MAX_COMPILED_STEPS + 1, limit + 2 + 1))
+    kept = [key[2] for key in steps]  # max_length, rounded up, oldest first
+    assert kept == [n + SHAPE_MULTIPLE for n in lengths[-MAX_COMPILED_STEPS:]]
+
+
+def test_lengths_in_one_bucket_share_a_step_and_decode_as_eager():
+    """Sources of 5 to 16 tokens and 3 to 15 new tokens: one compiled step, eager's tokens,
+    with a padding mask and without one (the slots past the source are masked either way)."""
+    _, model = reference_pair(4)
+    for src_len, max_new_tokens in [(5, 15), (9, 8), (16, 3), (12, 11)]:
+        input_ids, attention_mask = padded_batch(src_len, batch_size=3, src_len=src_len)
+        for mask in (attention_mask, None):
+            eager = model.generate(input_ids, mask, max_new_tokens=max_new_tokens)
+            compiled = model.generate(input_ids, mask, max_new_tokens=max_new_tokens, compile=True)
+            torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    assert list(_compiled_steps[model]) == [(3, 16, 16, torch.float32, torch.device("cpu"))]
 
 
 def test_a_change_to_the_model_between_searches_is_seen(pair):

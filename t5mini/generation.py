@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from t5mini.attention import causal_bias, mask_value, padding_bias
 from t5mini.checks import check_bool, check_choice, check_float, check_ids, check_int, check_mask
@@ -524,6 +524,7 @@ class StaticDecoderStep:
         self.cross_attention = [(cross.clone(), cross.clone()) for _ in model.decoder.blocks]
         self.cross_bias = torch.zeros(batch_size, 1, 1, src_len, dtype=weight.dtype, device=device)
         self.bias_by_key = torch.zeros(heads, max_length, dtype=weight.dtype, device=device)
+        self.weights: dict[str, Tensor] = {}  # used in place of the model's (`RelaidWeights`)
 
     def buffers(self) -> list[Tensor]:
         """Every tensor this step holds and the compiled step reads or writes."""
@@ -553,16 +554,17 @@ class StaticDecoderStep:
     def forward(self, model: Any, input_ids: Tensor) -> Tensor:
         """One decoding step at `position`, every shape static: logits (batch, vocab)."""
         decoder = model.decoder
-        hidden_states = decoder.dropout(model.embedding(input_ids))  # (batch, 1, d_model)
-        bias = self.self_bias()
-        for block, layer_cache, cross_key_value in zip(
-            decoder.blocks, self.self_attention, self.cross_attention
-        ):
-            hidden_states = block(
-                hidden_states, bias, None, self.cross_bias, layer_cache, cross_key_value
-            )
-        hidden_states = decoder.dropout(decoder.final_norm(hidden_states))
-        return model.lm_logits(hidden_states)[:, -1].float()
+        with swapped_weights(model, self.weights):  # none, or the CPU's copies (see below)
+            hidden_states = decoder.dropout(model.embedding(input_ids))  # (batch, 1, d_model)
+            bias = self.self_bias()
+            for block, layer_cache, cross_key_value in zip(
+                decoder.blocks, self.self_attention, self.cross_attention
+            ):
+                hidden_states = block(
+                    hidden_states, bias, None, self.cross_bias, layer_cache, cross_key_value
+                )
+            hidden_states = decoder.dropout(decoder.final_norm(hidden_states))
+            return model.lm_logits(hidden_states)[:, -1].float()
 
 
 def own_code(function: Callable) -> Callable:
@@ -590,6 +592,75 @@ def compile_step(function: Callable, on_cuda: bool) -> Callable:
     return torch.compile(own_code(function), fullgraph=True, dynamic=False, **settings)
 
 
+def step_matrices(model: Any) -> list[str]:
+    """Names of the matrices a decoding step multiplies by: the decoder's (bar cross K/V), the head."""
+    cross_key_value = ("cross_attention.k", "cross_attention.v")  # applied once, by `init_cache`
+    names = [
+        f"{name}.weight"
+        for name, module in model.decoder.named_modules(prefix="decoder")
+        if isinstance(module, nn.Linear) and not name.endswith(cross_key_value)
+    ]
+    return names + ["embedding.weight" if model.lm_head is None else "lm_head.weight"]
+
+
+def transposed_copy(weight: Tensor) -> Tensor:
+    """`weight`'s values and (out, in) shape, stored as (in, out): `x @ W.T` then reads it in order."""
+    return weight.new_empty(weight.shape[::-1]).t().copy_(weight)
+
+
+def layout_seconds(matrices: list[Tensor], rows: int, passes: int = 5) -> dict[tuple, list]:
+    """Per shape (out, in): the seconds `rows` rows times W.T take, W stored (out, in) and (in, out).
+
+    The best of `passes` passes; each pass streams every matrix once, in order, in one layout.
+    """
+    layouts = (matrices, [transposed_copy(w) for w in matrices])
+    inputs = [torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in matrices]
+    best = {tuple(w.shape): [float("inf")] * 2 for w in matrices}
+    for _ in range(passes):
+        for layout, weights in enumerate(layouts):
+            spent = dict.fromkeys(best, 0.0)
+            for x, weight in zip(inputs, weights):
+                started = time.perf_counter()
+                F.linear(x, weight)  # (rows, out)
+                spent[tuple(weight.shape)] += time.perf_counter() - started
+            for shape, seconds in spent.items():
+                best[shape][layout] = min(best[shape][layout], seconds)
+    return best
+
+
+def swapped_weights(
+    model: nn.Module, weights: dict[str, Tensor]
+) -> contextlib.AbstractContextManager:
+    """While active, each parameter of `model` named in `weights` is that tensor instead."""
+    return torch.nn.utils.stateless._reparametrize_module(model, weights)
+
+
+class RelaidWeights:
+    """(in, out) copies of the step's matrices that stream faster so, kept equal to the model's."""
+
+    def __init__(self, model: Any, rows: int) -> None:
+        """Time both layouts of every shape (`layout_seconds`) and copy the matrices that gain."""
+        names = step_matrices(model)
+        self.seconds = layout_seconds([model.get_parameter(n).detach() for n in names], rows)
+        self.copies: dict[str, Tensor] = {}
+        for name in names:
+            weight = model.get_parameter(name).detach()
+            out_in, in_out = self.seconds[tuple(weight.shape)]
+            if in_out < out_in:
+                self.copies[name] = transposed_copy(weight)
+        self.seen: dict[str, tuple[int, int, int]] = {}
+        self.refresh(model)
+
+    def refresh(self, model: Any) -> None:
+        """Copy again every matrix that the model changed or replaced since the last refresh."""
+        for name, copy in self.copies.items():
+            weight = model.get_parameter(name)
+            seen = (id(weight), weight.data_ptr(), weight._version)
+            if self.seen.get(name) != seen:
+                copy.copy_(weight.detach())
+                self.seen[name] = seen
+
+
 class CompiledStepper(StaticDecoderStep):
     """`DecoderStepper`'s interface over a `StaticDecoderStep` whose `forward` is compiled."""
 
@@ -600,6 +671,8 @@ class CompiledStepper(StaticDecoderStep):
         if self.on_cuda:  # CUDA graphs may then write these buffers in place, not copies
             for buffer in self.buffers():
                 torch._dynamo.mark_static_address(buffer)
+        self.relaid = None if self.on_cuda else RelaidWeights(model, batch_size)
+        self.weights = {} if self.relaid is None else self.relaid.copies
         self.compiled = compile_step(StaticDecoderStep.forward, self.on_cuda)
         self.compiled_greedy = compile_step(greedy_step, self.on_cuda)
         self.guard_every_step = False  # True: dynamo checks its guards at every call
@@ -609,6 +682,8 @@ class CompiledStepper(StaticDecoderStep):
         """Call `compiled(self, model, *args)`: guards checked on a search's first call only."""
         if self.on_cuda:
             torch.compiler.cudagraph_mark_step_begin()
+        if self.length == 0 and self.relaid is not None:  # a new search: the model may have changed
+            self.relaid.refresh(self.model_ref())
         started = time.perf_counter()
         with skip_guards(self.length > 0 and not self.guard_every_step):  # see above
             output = compiled(self, self.model_ref(), *args)

@@ -11,12 +11,16 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from t5mini import generation
 from t5mini.generation import (
     MAX_COMPILED_STEPS,
     SHAPE_MULTIPLE,
+    RelaidWeights,
     StaticDecoderStep,
     _compiled_steps,
     init_cache,
+    layout_seconds,
+    step_matrices,
 )
 from tests.test_generation import EOS, padded_batch, reference_pair
 
@@ -182,3 +186,66 @@ def test_a_change_to_the_model_between_searches_is_seen(pair):
         norm.eps = old_eps
     again = model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
     torch.testing.assert_close(again, before, rtol=0, atol=0)
+
+
+def _all_faster_transposed(monkeypatch) -> None:
+    """Make every shape's (in, out) copy the faster, so that the copies are surely used."""
+    monkeypatch.setattr(
+        generation,
+        "layout_seconds",
+        lambda matrices, rows: {tuple(w.shape): [1.0, 0.0] for w in matrices},
+    )
+
+
+def test_layout_seconds_times_both_layouts_of_every_shape(pair):
+    model, _, _ = pair
+    names = step_matrices(model)
+    assert "lm_head.weight" in names and not any(".cross_attention.k." in n for n in names)
+    matrices = [model.get_parameter(name).detach() for name in names]
+    seconds = layout_seconds(matrices, rows=1, passes=1)
+    assert set(seconds) == {tuple(w.shape) for w in matrices}
+    assert all(len(pair_) == 2 and min(pair_) > 0 for pair_ in seconds.values())
+
+
+def test_relaid_copies_follow_in_place_changes_and_replacements(pair, monkeypatch):
+    model, _, _ = pair
+    _all_faster_transposed(monkeypatch)
+    relaid = RelaidWeights(model, rows=1)
+    assert set(relaid.copies) == set(step_matrices(model))
+    name = "decoder.blocks.0.self_attention.q.weight"
+    copy, weight = relaid.copies[name], model.get_parameter(name)
+    assert copy.stride() == (1, copy.shape[0])  # stored (in, out)
+    torch.testing.assert_close(copy, weight.detach(), rtol=0, atol=0)
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(2.0)  # in place, as an optimiser does: the version counter moves
+        relaid.refresh(model)
+        torch.testing.assert_close(copy, weight.detach(), rtol=0, atol=0)
+        module = model.decoder.blocks[0].self_attention.q
+        module.weight = torch.nn.Parameter(-original)  # replaced, as load_state_dict(assign=True)
+        relaid.refresh(model)
+        torch.testing.assert_close(copy, -original, rtol=0, atol=0)
+    finally:
+        model.decoder.blocks[0].self_attention.q.weight = weight
+        with torch.no_grad():
+            weight.copy_(original)
+
+
+def test_compiled_step_on_relaid_weights_sees_a_trained_model(monkeypatch):
+    """With every matrix relaid, compiled = eager, before and after an in-place update."""
+    _all_faster_transposed(monkeypatch)
+    _, model = reference_pair(1)
+    input_ids, attention_mask = padded_batch(1)
+    tokens = []
+    for _ in range(2):
+        eager = model.generate(input_ids, attention_mask, max_new_tokens=8)
+        compiled = model.generate(input_ids, attention_mask, max_new_tokens=8, compile=True)
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        (step,) = _compiled_steps[model].values()
+        assert len(step.weights) == len(step_matrices(model))  # the copies were in use
+        tokens.append(compiled)
+        with torch.no_grad():  # an update in place, as an optimiser's step
+            for name in step_matrices(model):
+                model.get_parameter(name).mul_(-0.5)
+    assert not torch.equal(tokens[0], tokens[1])  # the premise: the update changed the tokens

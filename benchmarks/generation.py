@@ -2,21 +2,23 @@
 
 Both sides decode greedily, batch 1, a 64-token source, 128 new tokens, with and without
 the KV cache, for the `tiny` preset's shape and for t5-small's. t5mini also decodes with
-`compile=True` (its static-shape step through torch.compile), and once more with
-inductor's freezing (weights folded into the compiled code as constants, so that it may
-prepack them into another layout); the seconds each spends compiling are reported. Both must do the same work,
-so the EOS row of the head is zeroed on both (its logit is then 0, below the maximum of
-thousands of random logits), every run is checked to produce all 128 tokens, and the two
-outputs are checked to be identical. The contenders take turns, round after round, and the
-best round of each counts, so that other work on the machine disturbs them alike.
+`compile=True` (its static-shape step through torch.compile, which on the CPU multiplies
+by copies of the matrices in whichever layout streamed faster for their shape), and once
+more with inductor's freezing (weights folded into the compiled code as constants, so that
+it may prepack them into another layout); the seconds each spends compiling are reported.
+Both must do the same work, so the EOS row of the head is zeroed on both (its logit is then
+0, below the maximum of thousands of random logits), every run is checked to produce all
+128 tokens, and the two outputs are checked to be identical. The contenders take turns,
+round after round, and the best round of each counts, so that other work on the machine
+disturbs them alike.
 
 Also timed: the floor that no decoding loop can beat, a loop doing nothing but each step's
 matrix-vector products with the model's weights (at batch 1 a step streams every decoder
-weight from memory once), in nn.Linear's (out, in) layout and transposed to (in, out),
-which this CPU's BLAS streams faster. Every contender is reported as a ratio to
-transformers (with the cache) and as the fraction of each floor it reaches. Prints JSON;
-the goals (tiny shape: compiled at least 2.5x transformers, eager at least 1.2x) are
-ratios measured in the same run.
+weight from memory once), three times: in nn.Linear's (out, in) layout, every matrix
+transposed to (in, out), and each in the layout the compiled step chose. Every contender
+is reported as a ratio to transformers (with the cache) and as the fraction of each floor
+it reaches. Prints JSON; the goals (tiny shape: compiled at least 2.5x transformers, eager
+at least 1.2x) are ratios measured in the same run.
 
     python benchmarks/generation.py [--repeats 5] [--threads 1] [--quick]
 
@@ -38,6 +40,7 @@ import transformers
 
 from t5mini.config import T5Config
 from t5mini.convert import config_to_hf, from_hf
+from t5mini.generation import _compiled_steps, step_matrices, transposed_copy
 
 SHAPES = ("tiny", "t5-small")  # t5mini presets, so the benchmark follows their shapes
 GOALS = {"t5mini_compiled": 2.5, "t5mini_eager": 1.2}  # tok/s over transformers', tiny
@@ -71,33 +74,27 @@ def interleaved_best(runs: dict, repeats: int, warm_up: bool = True) -> dict[str
     return best
 
 
-def decoder_weights(model) -> list[torch.Tensor]:
-    """The weight matrices one cached decoding step multiplies by, in order (head last)."""
-    weights = []
-    for block in model.decoder.blocks:
-        self_attention, cross = block.self_attention, block.cross_attention
-        weights += [self_attention.q.weight, self_attention.k.weight, self_attention.v.weight]
-        weights += [self_attention.o.weight, cross.q.weight, cross.o.weight]
-        weights += [p for n, p in block.feed_forward.named_parameters() if n.startswith("w")]
-    head = model.lm_head if model.lm_head is not None else model.embedding
-    return weights + [head.weight]
-
-
-def matmul_floor(model, new_tokens: int, transposed: bool):
+def matmul_floor(model, new_tokens: int, layout: str):
     """A loop doing only each step's matrix-vector products: the memory-bound floor.
 
-    `transposed=False` multiplies as `nn.Linear` does, by the (out, in) weights; `True` by
-    contiguous (in, out) copies, a layout this CPU's BLAS streams faster for a single row.
+    The matrices are those a cached step multiplies by (`step_matrices`), stored as
+    `layout` says: "out_in" as `nn.Linear` keeps them; "in_out" every one as a contiguous
+    (in, out) copy; "compiled_step" as the model's compiled step holds them, each shape in
+    the layout it measured to stream faster (`RelaidWeights`).
     """
-    weights = decoder_weights(model)
-    if transposed:
-        weights = [w.t().contiguous() for w in weights]
-    inputs = [torch.randn(1, w.shape[0] if transposed else w.shape[1]) for w in weights]
+    names = step_matrices(model)
+    weights = [model.get_parameter(name).detach() for name in names]
+    if layout == "in_out":
+        weights = [transposed_copy(w) for w in weights]
+    elif layout == "compiled_step":
+        step = next(reversed(_compiled_steps[model].values()))  # the one just compiled
+        weights = [step.weights.get(name, w) for name, w in zip(names, weights)]
+    inputs = [torch.randn(1, w.shape[1]) for w in weights]
 
     def run() -> None:
         for _ in range(new_tokens):
             for x, w in zip(inputs, weights):
-                _ = x @ w if transposed else torch.nn.functional.linear(x, w)
+                _ = torch.nn.functional.linear(x, w)
 
     return run
 
@@ -131,8 +128,9 @@ def measure(shape: str, src_len: int, new_tokens: int, repeats: int, no_cache: b
                 "t5mini_eager": generate("t5mini_eager", model),
                 "t5mini_compiled": generate("t5mini_compiled", model, compile=True),
                 "transformers": generate("transformers", reference),
-                "matmul_floor": matmul_floor(model, new_tokens, transposed=False),
-                "matmul_floor_transposed": matmul_floor(model, new_tokens, transposed=True),
+                "matmul_floor": matmul_floor(model, new_tokens, "out_in"),
+                "matmul_floor_transposed": matmul_floor(model, new_tokens, "in_out"),
+                "matmul_floor_compiled_layout": matmul_floor(model, new_tokens, "compiled_step"),
             },
             repeats,
         )
@@ -171,7 +169,7 @@ def measure(shape: str, src_len: int, new_tokens: int, repeats: int, no_cache: b
     result["ratio_to_transformers"] = {
         name: round(tok_s[name] / tok_s["transformers"], 3) for name in contenders
     }
-    for floor in ("matmul_floor", "matmul_floor_transposed"):
+    for floor in ("matmul_floor", "matmul_floor_transposed", "matmul_floor_compiled_layout"):
         result[f"fraction_of_{floor}"] = {
             name: round(tok_s[name] / tok_s[floor], 3) for name in contenders
         }

@@ -641,6 +641,8 @@ class RelaidWeights:
     def __init__(self, model: Any, rows: int) -> None:
         """Time both layouts of every shape (`layout_seconds`) and copy the matrices that gain."""
         names = step_matrices(model)
+        weight = model.get_parameter(names[0])
+        self.made_for = (weight.dtype, weight.device)
         self.seconds = layout_seconds([model.get_parameter(n).detach() for n in names], rows)
         self.copies: dict[str, Tensor] = {}
         for name in names:
@@ -661,6 +663,19 @@ class RelaidWeights:
                 self.seen[name] = seen
 
 
+_relaid: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def relaid_weights(model: Any) -> RelaidWeights:
+    """The model's one `RelaidWeights` (remade if its dtype or device changed), refreshed."""
+    weight = model.decoder.blocks[0].self_attention.k.weight
+    relaid = _relaid.get(model)
+    if relaid is None or relaid.made_for != (weight.dtype, weight.device):
+        relaid = _relaid[model] = RelaidWeights(model, rows=1)
+    relaid.refresh(model)
+    return relaid
+
+
 class CompiledStepper(StaticDecoderStep):
     """`DecoderStepper`'s interface over a `StaticDecoderStep` whose `forward` is compiled."""
 
@@ -671,8 +686,6 @@ class CompiledStepper(StaticDecoderStep):
         if self.on_cuda:  # CUDA graphs may then write these buffers in place, not copies
             for buffer in self.buffers():
                 torch._dynamo.mark_static_address(buffer)
-        self.relaid = None if self.on_cuda else RelaidWeights(model, batch_size)
-        self.weights = {} if self.relaid is None else self.relaid.copies
         self.compiled = compile_step(StaticDecoderStep.forward, self.on_cuda)
         self.compiled_greedy = compile_step(greedy_step, self.on_cuda)
         self.guard_every_step = False  # True: dynamo checks its guards at every call
@@ -682,8 +695,8 @@ class CompiledStepper(StaticDecoderStep):
         """Call `compiled(self, model, *args)`: guards checked on a search's first call only."""
         if self.on_cuda:
             torch.compiler.cudagraph_mark_step_begin()
-        if self.length == 0 and self.relaid is not None:  # a new search: the model may have changed
-            self.relaid.refresh(self.model_ref())
+        if self.length == 0 and not self.on_cuda:  # a new search: the weights may have changed
+            self.weights = relaid_weights(self.model_ref()).copies
         started = time.perf_counter()
         with skip_guards(self.length > 0 and not self.guard_every_step):  # see above
             output = compiled(self, self.model_ref(), *args)

@@ -20,6 +20,7 @@ from t5mini.generation import (
     _compiled_steps,
     init_cache,
     layout_seconds,
+    relaid_weights,
     step_matrices,
 )
 from tests.test_generation import EOS, padded_batch, reference_pair
@@ -244,6 +245,7 @@ def test_compiled_step_on_relaid_weights_sees_a_trained_model(monkeypatch):
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
         (step,) = _compiled_steps[model].values()
         assert len(step.weights) == len(step_matrices(model))  # the copies were in use
+        assert step.weights is relaid_weights(model).copies  # one set per model, shared
         tokens.append(compiled)
         with torch.no_grad():  # an update in place, as an optimiser's step
             for name in step_matrices(model):

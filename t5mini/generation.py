@@ -593,7 +593,7 @@ def compile_step(function: Callable, on_cuda: bool) -> Callable:
 
 
 def step_matrices(model: Any) -> list[str]:
-    """Names of the matrices a decoding step multiplies by: the decoder's (bar cross K/V), the head."""
+    """Names of the matrices a cached step multiplies by: the decoder's but cross K/V, the head."""
     cross_key_value = ("cross_attention.k", "cross_attention.v")  # applied once, by `init_cache`
     names = [
         f"{name}.weight"
@@ -604,12 +604,12 @@ def step_matrices(model: Any) -> list[str]:
 
 
 def transposed_copy(weight: Tensor) -> Tensor:
-    """`weight`'s values and (out, in) shape, stored as (in, out): `x @ W.T` then reads it in order."""
+    """`weight`'s values and (out, in) shape, stored as (in, out): `x @ W.T` reads it in order."""
     return weight.new_empty(weight.shape[::-1]).t().copy_(weight)
 
 
 def layout_seconds(matrices: list[Tensor], rows: int, passes: int = 5) -> dict[tuple, list]:
-    """Per shape (out, in): the seconds `rows` rows times W.T take, W stored (out, in) and (in, out).
+    """Per shape (out, in): seconds of `rows` rows times W.T, W stored (out, in) and (in, out).
 
     The best of `passes` passes; each pass streams every matrix once, in order, in one layout.
     """

@@ -635,6 +635,9 @@ def swapped_weights(
     return torch.nn.utils.stateless._reparametrize_module(model, weights)
 
 
+CLEAR_GAIN = 0.9  # a copy is made only if it streams in under this fraction of the time
+
+
 class RelaidWeights:
     """(in, out) copies of the step's matrices that stream faster so, kept equal to the model's."""
 
@@ -648,7 +651,7 @@ class RelaidWeights:
         for name in names:
             weight = model.get_parameter(name).detach()
             out_in, in_out = self.seconds[tuple(weight.shape)]
-            if in_out < out_in:
+            if in_out < CLEAR_GAIN * out_in:
                 self.copies[name] = transposed_copy(weight)
         self.seen: dict[str, tuple[int, int, int]] = {}
         self.refresh(model)
@@ -871,8 +874,10 @@ def generate(
             )
     else:
         step = DecoderStepper(model, encoder_hidden_states, attention_mask, max_length, use_cache)
+    on_cpu = not settings.compile and start.device.type == "cpu"  # compiled: the step swaps
     search = beam_search if settings.num_beams > 1 else sample_search
-    return search(step, start, settings, config.eos_token_id, config.pad_token_id, generator)
+    with swapped_weights(model, relaid_weights(model).copies if on_cpu else {}):
+        return search(step, start, settings, config.eos_token_id, config.pad_token_id, generator)
 
 
 def check_inputs(

@@ -620,3 +620,33 @@ def test_generation_that_stops_early_never_plans_quadratic_memory():
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4000)
     assert out.shape[1] < 100  # EOS everywhere long before the limit
     assert max(audit.sizes) < 4000 * 4000 // 16
+
+
+@pytest.mark.parametrize(
+    "variant", [dict(seed=0), dict(seed=3, feed_forward_proj="relu", tied=True)]
+)
+def test_eager_decoding_on_relaid_weights_matches_transformers(variant, monkeypatch):
+    """With every step matrix swapped for its (in, out) copy, the tokens are still transformers'."""
+    from t5mini import generation
+
+    monkeypatch.setattr(
+        generation,
+        "layout_seconds",
+        lambda matrices, rows: {tuple(w.shape): [1.0, 0.0] for w in matrices},
+    )
+    hf, model = reference_pair(**variant)
+    input_ids, attention_mask = padded_batch(variant["seed"])
+    for settings in (dict(), BEAM_SETTINGS[0], dict(do_sample=True, top_k=5)):
+        torch.manual_seed(1234)  # transformers samples from the global generator
+        expected = hf_generate(hf, input_ids, attention_mask, max_new_tokens=10, **settings)
+        got = model.generate(
+            input_ids,
+            attention_mask,
+            max_new_tokens=10,
+            generator=torch.Generator().manual_seed(1234),
+            **settings,
+        )
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    names = generation.step_matrices(model)
+    assert set(generation._relaid[model].copies) == set(names)  # the copies were in use
+    assert all(model.get_parameter(name).is_contiguous() for name in names)  # swapped back

@@ -593,7 +593,7 @@ def compile_step(function: Callable, on_cuda: bool) -> Callable:
 
 
 def step_matrices(model: Any) -> list[str]:
-    """Names of the matrices a cached step multiplies by: the decoder's but cross K/V, the head."""
+    """Names of the matrices a cached step multiplies by: the decoder's (cross K/V aside), the head."""
     cross_key_value = ("cross_attention.k", "cross_attention.v")  # applied once, by `init_cache`
     names = [
         f"{name}.weight"
@@ -632,7 +632,8 @@ def swapped_weights(
     model: nn.Module, weights: dict[str, Tensor]
 ) -> contextlib.AbstractContextManager:
     """While active, each parameter of `model` named in `weights` is that tensor instead."""
-    return torch.nn.utils.stateless._reparametrize_module(model, weights)
+    swap = getattr(torch.nn.utils.stateless, "_reparametrize_module", None)  # private
+    return contextlib.nullcontext() if swap is None or not weights else swap(model, weights)
 
 
 CLEAR_GAIN = 0.9  # a copy is made only if it streams in under this fraction of the time

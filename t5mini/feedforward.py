@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t5mini.checks import check_float, check_hidden_states, check_int
+from t5mini.checks import check_float, check_hidden_states, check_int, is_compiling
+
+SQRT_8_OVER_PI = math.sqrt(8.0 / math.pi)  # 2 sqrt(2 / pi)
+
+
+def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """The same function as `gelu_tanh`, written x sigmoid(2z), since (1 + tanh z) / 2 = sigmoid(2z)."""
+    return x * torch.sigmoid(SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of GELU that T5 v1.1 and mT5 use."""
+    if x.device.type == "cpu" and is_compiling():  # inductor's CPU exp is cheaper than its tanh
+        return gelu_tanh_as_sigmoid(x)
     return F.gelu(x, approximate="tanh")
 
 

@@ -7,7 +7,13 @@ import torch
 from transformers import T5Config as HFConfig
 from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense
 
-from t5mini.feedforward import FeedForward, clamp_fp16, keep_wo_in_fp32, parse_feed_forward_proj
+from t5mini.feedforward import (
+    FeedForward,
+    clamp_fp16,
+    gelu_tanh,
+    keep_wo_in_fp32,
+    parse_feed_forward_proj,
+)
 
 
 @pytest.mark.parametrize("proj", ["relu", "gated-gelu", "gelu", "gated-silu", "gated-relu"])
@@ -31,6 +37,30 @@ def test_gated_gelu_is_the_tanh_approximation() -> None:
     x = torch.randn(4, 8)[None]
     exact = ff.wo(torch.nn.functional.gelu(ff.wi_0(x)) * ff.wi_1(x))
     assert (ff(x) - exact).abs().max() > 1e-4  # it is not the erf GELU
+
+
+def test_compiled_cpu_gelu_takes_the_sigmoid_form_within_fp32_rounding() -> None:
+    graphs = []
+
+    def capture(graph_module: torch.fx.GraphModule, inputs: list) -> object:
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    x = torch.linspace(-8, 8, 4001)
+    torch._dynamo.reset()
+    try:
+        torch.compile(gelu_tanh, backend=capture, fullgraph=True)(x)
+        targets = {node.target for node in graphs[0].graph.nodes}
+        assert torch.sigmoid in targets and torch.nn.functional.gelu not in targets
+        torch._dynamo.reset()
+        compiled = torch.compile(gelu_tanh, fullgraph=True)(x)  # inductor
+    finally:
+        torch._dynamo.reset()
+    truth = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    eager_error = ((gelu_tanh(x).double() - truth).abs() / x.double().abs().clamp(min=1.0)).max()
+    error = ((compiled.double() - truth).abs() / x.double().abs().clamp(min=1.0)).max()
+    eps = torch.finfo(torch.float32).eps
+    assert eager_error <= 2 * eps and error <= 2 * eps, (eager_error / eps, error / eps)
 
 
 @pytest.mark.parametrize("proj", ["relu", "gated-gelu"])

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t5mini.checks import check_float, check_hidden_states, check_int, is_compiling
+from t5mini.checks import check_float, check_hidden_states, check_int
+
 
 SQRT_8_OVER_PI = math.sqrt(8.0 / math.pi)  # 2 sqrt(2 / pi)
 
@@ -21,8 +22,6 @@ def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of GELU that T5 v1.1 and mT5 use."""
-    if x.device.type == "cpu" and is_compiling():  # inductor's CPU exp is cheaper than its tanh
-        return gelu_tanh_as_sigmoid(x)
     return F.gelu(x, approximate="tanh")
 
 

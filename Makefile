@@ -34,10 +34,12 @@ test: install
 
 # Build the website, then check it (book/check_site.py): no missing local file (MathJax's
 # own components and fonts included), no warning in an output, an image on every chapter,
-# no lint pragma in code.
+# no lint pragma in code. Then, where Debian's chromium is installed, book/check_widths.py
+# opens every chapter page at 1440x900 and fails if a code block is wider than its box.
 book: install export
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	$(BIN)/python book/check_site.py _build/html
+	$(BIN)/python book/check_widths.py _build/html
 
 clean:
 	rm -rf _build .pytest_cache

@@ -19,11 +19,6 @@ from t5mini.checks import check_choice
 from t5mini.config import T5Config
 from t5mini.model import T5ForConditionalGeneration
 
-# present in some released checkpoints, used by no implementation: cross-attention has no bias
-LEGACY_IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
-# copies of the shared embedding in a transformers state dict
-EMBEDDING_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-
 
 def hf_to_t5mini_names(config: T5Config) -> dict[str, str]:
     """Map every transformers T5 parameter name of a ``config`` model to its t5mini name."""
@@ -45,9 +40,8 @@ def hf_to_t5mini_names(config: T5Config) -> dict[str, str]:
             for index, (hf_name, our_name) in enumerate(sublayers):
                 names[f"{hf}.{index}.layer_norm.weight"] = f"{ours}.{our_name}_norm.weight"
                 for proj in ("q", "k", "v", "o"):
-                    names[f"{hf}.{index}.{hf_name}.{proj}.weight"] = (
-                        f"{ours}.{our_name}.{proj}.weight"
-                    )
+                    key = f"{hf}.{index}.{hf_name}.{proj}.weight"
+                    names[key] = f"{ours}.{our_name}.{proj}.weight"
             ff = len(sublayers)  # the feed-forward is the last sub-layer: 1 (encoder), 2 (decoder)
             names[f"{hf}.{ff}.layer_norm.weight"] = f"{ours}.feed_forward_norm.weight"
             for weight in ff_weights:
@@ -56,6 +50,11 @@ def hf_to_t5mini_names(config: T5Config) -> dict[str, str]:
                 )
         names[f"{stack}.final_layer_norm.weight"] = f"{stack}.final_norm.weight"
     return names
+
+
+# in some released checkpoints, used by no implementation: cross-attention has no bias
+LEGACY_IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+EMBEDDING_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # = shared
 
 
 T5_MODEL_TYPES = ("t5", "mt5")  # mT5's config.json says "mt5"; its layers are T5 v1.1's
@@ -85,14 +84,12 @@ def _check_model(name: str, model: Any) -> None:
 def _check_hf_model(hf_model: Any) -> None:
     """Raise unless ``hf_model`` is a transformers T5: a module whose config says t5 or mt5."""
     expected = "a transformers T5ForConditionalGeneration (config.model_type 't5' or 'mt5')"
+    got = type(hf_model).__name__
     if not isinstance(hf_model, nn.Module) or not hasattr(hf_model, "config"):
-        raise TypeError(f"hf_model must be {expected}, got {type(hf_model).__name__}")
+        raise TypeError(f"hf_model must be {expected}, got {got}")
     model_type = getattr(hf_model.config, "model_type", None)
     if model_type not in T5_MODEL_TYPES:
-        raise ValueError(
-            f"hf_model must be {expected}, got a {type(hf_model).__name__} with model_type "
-            f"{model_type!r}"
-        )
+        raise ValueError(f"hf_model must be {expected}, got a {got} with model_type {model_type!r}")
 
 
 def _check_state_dict(name: str, state_dict: Any) -> None:
@@ -136,9 +133,8 @@ def config_from_json_dict(values: Mapping[str, Any]) -> T5Config:
 def config_from_hf(hf_config: Any) -> T5Config:
     """A t5mini ``T5Config`` from a ``transformers.T5Config``, field for field."""
     if not callable(getattr(hf_config, "to_dict", None)):
-        raise TypeError(
-            f"hf_config must be a transformers.T5Config, got {type(hf_config).__name__}"
-        )
+        got = type(hf_config).__name__
+        raise TypeError(f"hf_config must be a transformers.T5Config, got {got}")
     check_choice("hf_config.model_type", getattr(hf_config, "model_type", None), T5_MODEL_TYPES)
     values = hf_config.to_dict()
     values.setdefault("decoder_start_token_id", getattr(hf_config, "decoder_start_token_id", 0))
@@ -148,7 +144,7 @@ def config_from_hf(hf_config: Any) -> T5Config:
 
 
 def config_to_hf(config: T5Config) -> Any:
-    """A ``transformers.T5Config`` read from ``config_to_json_dict`` (transformers must be installed)."""
+    """A ``transformers.T5Config`` from ``config_to_json_dict`` (needs transformers)."""
     import transformers
 
     hf_config = transformers.T5Config.from_dict(config_to_json_dict(config))
@@ -157,7 +153,7 @@ def config_to_hf(config: T5Config) -> Any:
 
 
 class StateDictMismatch(ValueError):
-    """A state dict that does not fit the model: lists every missing, unexpected and misshapen key."""
+    """A state dict that does not fit: lists every missing, unexpected and misshapen key."""
 
     def __init__(
         self,
@@ -230,7 +226,7 @@ def load_hf_state_dict(
 
 
 def from_hf(hf_model: nn.Module) -> T5ForConditionalGeneration:
-    """Convert a transformers ``T5ForConditionalGeneration`` (weights copied, dtype and device kept)."""
+    """A t5mini copy of a transformers ``T5ForConditionalGeneration`` (same dtype, device)."""
     _check_hf_model(hf_model)
     config = config_from_hf(hf_model.config)
     state_dict = hf_model.state_dict()
@@ -262,7 +258,7 @@ def to_hf_state_dict(model: T5ForConditionalGeneration) -> dict[str, torch.Tenso
 
 
 def to_hf(model: T5ForConditionalGeneration) -> nn.Module:
-    """A transformers ``T5ForConditionalGeneration`` with ``model``'s weights (untied head kept untied)."""
+    """A transformers ``T5ForConditionalGeneration`` with ``model``'s weights (and head)."""
     import transformers
 
     _check_model("model", model)
@@ -332,9 +328,7 @@ def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) 
 def _read_json(path: Path) -> Any:
     """The parsed JSON of ``path``; a missing or malformed file raises an error naming it."""
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: a model directory holds config.json and weights"
-        )
+        raise FileNotFoundError(f"{path} not found: a model directory holds config.json")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -419,9 +413,7 @@ def from_pretrained(
     directory = _check_path("directory", directory)
     _check_model_class(model_class)
     if not directory.is_dir():
-        raise FileNotFoundError(
-            f"directory {str(directory)!r} does not exist or is not a directory"
-        )
+        raise FileNotFoundError(f"directory {str(directory)!r} is not an existing directory")
     config = _read_config(directory / "config.json")
     state_dict, source = _read_weights(directory)
     with torch.device("meta"):  # no memory, no initialisation: the file's tensors are assigned

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from t5mini.data import read_documents
 from t5mini.model import T5ForConditionalGeneration
-from t5mini.pretrain import main
+from t5mini.cli import main
 
 SMALL = ["--size", "small", "--batch-size", "4", "--eval-every", "2"]
 

@@ -312,7 +312,7 @@ def test_pretrain_refuses_one_shot_validation(tokenizer, documents):
 
 
 def test_one_batch_is_overfit(tokenizer, documents):
-    """The sanity check of chapter 11: one batch, repeated, is memorised."""
+    """The sanity check of chapter 12: one batch, repeated, is memorised."""
     collator = SpanCorruptionCollator.from_tokenizer(tokenizer, 32, seed=0)
     batch = next(PretrainingBatches(documents, collator, 2))
     model = small_model(tokenizer)
@@ -323,4 +323,3 @@ def test_one_batch_is_overfit(tokenizer, documents):
 
 def test_module_exports():
     assert pretrain_module.SIZES == ("small", "full")
-    assert callable(pretrain_module.main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Mapping
@@ -76,9 +77,8 @@ def _check_config_dict(name: str, values: Any) -> None:
 def _check_model(name: str, model: Any) -> None:
     """Raise unless ``model`` is a t5mini ``T5ForConditionalGeneration``."""
     if not isinstance(model, T5ForConditionalGeneration):
-        raise TypeError(
-            f"{name} must be a t5mini T5ForConditionalGeneration, got {type(model).__name__}"
-        )
+        got = type(model).__name__
+        raise TypeError(f"{name} must be a t5mini T5ForConditionalGeneration, got {got}")
 
 
 def _check_hf_model(hf_model: Any) -> None:
@@ -98,9 +98,8 @@ def _check_state_dict(name: str, state_dict: Any) -> None:
         raise TypeError(f"{name} must be a dict of tensors, got {type(state_dict).__name__}")
     for key, value in state_dict.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise TypeError(
-                f"{name} must map names to tensors, got {key!r}: {type(value).__name__}"
-            )
+            got = f"{key!r}: {type(value).__name__}"
+            raise TypeError(f"{name} must map names to tensors, got {got}")
 
 
 RUNTIME_FIELDS = ("attn_implementation", "gradient_checkpointing")  # how to run, not what
@@ -273,9 +272,11 @@ def to_hf(model: T5ForConditionalGeneration) -> nn.Module:
 
 
 def _check_path(name: str, value: Any) -> Path:
-    """Return ``value`` as a Path; raise unless it is a str or os.PathLike."""
-    if not isinstance(value, (str, os.PathLike)):
+    """Return ``value`` as a Path; raise unless it is a non-empty str or os.PathLike."""
+    if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    if os.fspath(value) == "" or "\0" in os.fspath(value):
+        raise ValueError(f"{name} must name a directory ('.' for the working one), got {value!r}")
     return Path(value)
 
 
@@ -287,12 +288,47 @@ def _check_model_class(model_class: Any) -> None:
         )
 
 
+def _check_finite(tensors: Mapping[str, torch.Tensor], directory: Path) -> None:
+    """Raise, naming the tensors, unless every weight is finite (as checkpoints require)."""
+    bad = [key for key, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(
+            f"model: its weights are not finite (nan or inf) in {', '.join(bad[:3])}"
+            f"{' and more' if len(bad) > 3 else ''}; {directory} was not written"
+        )
+
+
+def _check_dtypes(tensors: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Raise, naming the file and tensor, unless the weights are floating point of one dtype."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{source}: tensor {key} is {tensor.dtype}, not floating point")
+    first = "shared.weight" if "shared.weight" in tensors else next(iter(tensors), None)
+    dtype = tensors[first].dtype if first else None
+    for key, tensor in tensors.items():
+        # the one mix made on purpose (transformers, keep_wo_in_fp32): wo fp32, the rest half
+        half_wo = key.endswith(".wo.weight") and dtype in (torch.float16, torch.bfloat16)
+        if tensor.dtype != dtype and not (half_wo and tensor.dtype == torch.float32):
+            raise ValueError(
+                f"{source}: tensor {key} is {tensor.dtype} but {first} is {dtype}; a model's "
+                "weights share one dtype (only wo may be float32 when the rest is half)"
+            )
+
+
+def _named(error: BaseException, what: str) -> OSError:
+    """An OSError saying ``what`` failed and why, with the errno of ``error`` when it has one."""
+    found = re.search(r"os error (\d+)", str(error))  # safetensors' I/O errors carry it as text
+    code = getattr(error, "errno", None) or (int(found.group(1)) if found else None)
+    if code:  # OSError(errno, text) is the subclass of that errno: PermissionError, ...
+        return OSError(code, f"{what}: {os.strerror(code)}")
+    return OSError(f"{what}: {error}")
+
+
 def _fsync(path: Path) -> None:
     """Flush ``path`` to disk (a file, or on POSIX the entries of a directory)."""
     if path.is_dir() and not hasattr(os, "O_DIRECTORY"):
         return  # Windows cannot open a directory
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    descriptor = os.open(path, flags)
+    descriptor = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
     try:
         os.fsync(descriptor)
     finally:
@@ -300,20 +336,30 @@ def _fsync(path: Path) -> None:
 
 
 def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) -> None:
-    """Write each file in a staging directory beside ``directory``, then rename it into place."""
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"directory {str(directory)!r} exists and is not a directory")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.{secrets.token_hex(4)}.tmp"
-    staging.mkdir()  # its mode follows the umask, like any new directory
+    """Write each file in a staging directory, then rename it into ``directory``."""
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"cannot make directory {str(directory)!r}: {existing} is a file")
+    created = not directory.exists()
+    home = directory.parent if created else directory  # a new directory appears by one rename
+    staging = home / f".{directory.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # its mode follows the umask, like any new directory
+    except OSError as error:
+        raise _named(error, f"cannot write into {home}") from error
     try:
         for name, write in writers.items():
-            write(staging / name)
-            # the umask's mode, as for any new file (safetensors itself writes 0600)
-            os.chmod(staging / name, staging.stat().st_mode & 0o666)
-            _fsync(staging / name)
-        if not directory.exists():
-            staging.rename(directory)  # a new directory appears whole
+            try:
+                write(staging / name)
+                # the umask's mode, as for any new file (safetensors itself writes 0600)
+                os.chmod(staging / name, staging.stat().st_mode & 0o666)
+                _fsync(staging / name)
+            except (OSError, SafetensorError) as error:
+                what = f"could not write {directory / name} (the old files are kept)"
+                raise _named(error, what) from error
+        if created:
+            staging.rename(directory)
         else:
             for name in writers:  # in the order given: weights first, config last
                 os.replace(staging / name, directory / name)
@@ -322,7 +368,8 @@ def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync(directory)
-    _fsync(directory.parent)
+    if created:
+        _fsync(directory.parent)
 
 
 def _read_json(path: Path) -> Any:
@@ -347,9 +394,11 @@ def _read_config(path: Path) -> T5Config:
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of one safetensors file; an unreadable file raises an error naming it."""
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+    _check_dtypes(tensors, path)
+    return tensors
 
 
 def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -392,10 +441,14 @@ def _stored_tensors(model: T5ForConditionalGeneration) -> dict[str, torch.Tensor
 
 
 def save_pretrained(model: T5ForConditionalGeneration, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` as transformers does."""
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` as transformers does.
+
+    Weights that are not finite (nan, inf) are refused, as checkpoints refuse them.
+    """
     _check_model("model", model)
     directory = _check_path("directory", directory)
     tensors = _stored_tensors(model)
+    _check_finite(tensors, directory)
     config = config_to_json_dict(model.config, dtype=tensors["shared.weight"].dtype)
     text = json.dumps(config, indent=2) + "\n"
     writers = {  # weights first, config last
@@ -416,6 +469,7 @@ def from_pretrained(
         raise FileNotFoundError(f"directory {str(directory)!r} is not an existing directory")
     config = _read_config(directory / "config.json")
     state_dict, source = _read_weights(directory)
+    _check_dtypes(state_dict, source)  # integer or mixed weights are refused, named
     with torch.device("meta"):  # no memory, no initialisation: the file's tensors are assigned
         model = model_class(config)
     model.load_state_dict(_renamed(model, state_dict, str(source)), strict=True, assign=True)

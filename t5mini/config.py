@@ -11,38 +11,6 @@ from t5mini.attention import ATTENTION_IMPLEMENTATIONS
 from t5mini.checks import check_bool, check_choice, check_float, check_int
 from t5mini.feedforward import parse_feed_forward_proj
 
-V1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # T5 v1.1 and mT5
-
-# The released models (and the book's CPU-sized `tiny`); anything not listed is the default.
-PRESETS: dict[str, dict[str, Any]] = {
-    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
-    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
-    "t5-large": dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
-    "t5-v1_1-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **V1_1),
-    "t5-v1_1-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12, **V1_1),
-    "t5-v1_1-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16, **V1_1),
-    "mt5-small": dict(
-        vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **V1_1
-    ),
-    "tiny": dict(
-        vocab_size=8192, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8, **V1_1
-    ),
-}
-
-
-SIZES = (
-    "vocab_size",
-    "d_model",
-    "d_kv",
-    "d_ff",
-    "num_layers",
-    "num_decoder_layers",
-    "num_heads",
-    "relative_attention_num_buckets",
-    "relative_attention_max_distance",
-)  # positive ints
-TOKEN_IDS = ("pad_token_id", "eos_token_id", "decoder_start_token_id")
-
 
 def _check_fields(config: Any) -> None:
     """Raise TypeError or ValueError naming the first field of ``config`` that cannot build a T5."""
@@ -67,6 +35,20 @@ def _check_fields(config: Any) -> None:
         )
 
 
+SIZES = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+)  # positive ints
+TOKEN_IDS = ("pad_token_id", "eos_token_id", "decoder_start_token_id")
+
+
 def _from_dict_kwargs(values: Any, fields: set[str], strict: bool) -> dict[str, Any]:
     """The ``T5Config`` arguments in a transformers config dict (see ``T5Config.from_dict``)."""
     if not isinstance(values, Mapping):
@@ -86,9 +68,28 @@ def _from_dict_kwargs(values: Any, fields: set[str], strict: bool) -> dict[str, 
     return kwargs
 
 
+V1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # T5 v1.1 and mT5
+
+# The released models (and the book's CPU-sized `tiny`); anything not listed is the default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
+    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+    "t5-large": dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),
+    "t5-v1_1-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **V1_1),
+    "t5-v1_1-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12, **V1_1),
+    "t5-v1_1-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16, **V1_1),
+    "mt5-small": dict(
+        vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **V1_1
+    ),
+    "tiny": dict(
+        vocab_size=8192, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8, **V1_1
+    ),
+}
+
+
 @dataclass
-class T5Config:
-    """T5's hyper-parameters, named as in ``transformers.T5Config``."""
+class T5ConfigFields:
+    """T5's hyper-parameters, named as in ``transformers.T5Config``, and their checks."""
 
     vocab_size: int = 32128
     d_model: int = 512
@@ -125,6 +126,10 @@ class T5Config:
         """True for the gated feed-forward of T5 v1.1 and mT5."""
         return parse_feed_forward_proj(self.feed_forward_proj)[0]
 
+
+class T5Config(T5ConfigFields):
+    """T5's hyper-parameters, named as in ``transformers.T5Config``; presets and conversions."""
+
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> T5Config:
         """The configuration of a released model (or ``tiny``), with optional overrides."""
@@ -132,7 +137,7 @@ class T5Config:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], strict: bool = False) -> T5Config:
-        """Read a transformers config dict or ``config.json``; other keys are ignored unless ``strict``."""
+        """Read a transformers config dict or ``config.json``; ``strict`` refuses other keys."""
         fields = {field.name for field in dataclasses.fields(cls)}
         return cls(**_from_dict_kwargs(values, fields, strict))
 

@@ -1,4 +1,4 @@
-# Generated from chapters/09_span_corruption.md — edit the chapter, not this file.
+# Generated from chapters/10_span_corruption.md — edit the chapter, not this file.
 
 from __future__ import annotations
 
@@ -112,10 +112,8 @@ def span_corrupt(
         length, noise_density, mean_noise_span_length, generator, batch_size=batch_size
     )  # (batch, length)
     eos = torch.full((batch_size, 1), eos_id, dtype=tokens.dtype)
-    inputs = noise_span_to_sentinel(tokens, noise_mask, first_sentinel_id)  # (batch, kept + spans)
-    targets = noise_span_to_sentinel(
-        tokens, ~noise_mask, first_sentinel_id
-    )  # (batch, noise + spans)
+    inputs = noise_span_to_sentinel(tokens, noise_mask, first_sentinel_id)  # (batch, kept + S)
+    targets = noise_span_to_sentinel(tokens, ~noise_mask, first_sentinel_id)  # (batch, noise + S)
     return torch.cat([inputs, eos], dim=1), torch.cat([targets, eos], dim=1)
 
 
@@ -283,7 +281,7 @@ def pack_documents(
     eos_id: int,
     eos_between_documents: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """Join tokenised documents into one stream; cut blocks of `size` tokens (the last may be shorter)."""
+    """One stream of tokenised documents, cut into blocks of `size` (the last may be shorter)."""
     check_int("size", size, 1)
     buffer: list[int] = []
     for document in documents:
@@ -310,11 +308,8 @@ def _check_sentinels(
     num_pieces: int | None,
 ) -> None:
     """Raise unless there are sentinels for `num_spans` spans and no other id is among them."""
-    for name, value in (
-        ("eos_id", eos_id),
-        ("pad_id", pad_id),
-        ("first_sentinel_id", first_sentinel_id),
-    ):
+    ids = {"eos_id": eos_id, "pad_id": pad_id, "first_sentinel_id": first_sentinel_id}
+    for name, value in ids.items():
         check_int(name, value, 0)
     check_int("num_sentinels", num_sentinels, 1)
     if num_spans > num_sentinels:
@@ -364,8 +359,8 @@ def _equal_length_groups(chunks: Any, raw_length: int) -> list[tuple[torch.Tenso
     return groups
 
 
-class SpanCorruptionCollator:
-    """Pack token streams into fixed-length chunks and span-corrupt them into T5 batches."""
+class ChunkCollator:
+    """Span-corrupt a batch of raw chunks into padded `input_ids`, `attention_mask`, `labels`."""
 
     def __init__(
         self,
@@ -395,21 +390,6 @@ class SpanCorruptionCollator:
             seed = int(torch.randint(0, 2**62, ()).item())
         self.generator = torch.Generator().manual_seed(check_int("seed", seed, 0))
 
-    @classmethod
-    def from_tokenizer(
-        cls, tokenizer: Any, input_length: int, **kwargs: Any
-    ) -> SpanCorruptionCollator:
-        """A collator that takes EOS, padding and the sentinels from a t5mini `Tokenizer`."""
-        return cls(
-            input_length,
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
-            first_sentinel_id=tokenizer.sentinel_id(0),
-            num_sentinels=tokenizer.extra_ids,
-            num_pieces=tokenizer.num_pieces,
-            **kwargs,
-        )
-
     def __call__(self, chunks: torch.Tensor | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Corrupt a batch of raw chunks (at most `raw_length` tokens each) into padded tensors."""
         groups = _equal_length_groups(chunks, self.raw_length)  # [(rows, (group, length) ids)]
@@ -430,6 +410,25 @@ class SpanCorruptionCollator:
             attention_mask[rows, : inputs.shape[1]] = 1
             labels[rows, : targets.shape[1]] = targets
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class SpanCorruptionCollator(ChunkCollator):
+    """Pack token streams into fixed-length chunks and span-corrupt them into T5 batches."""
+
+    @classmethod
+    def from_tokenizer(
+        cls, tokenizer: Any, input_length: int, **kwargs: Any
+    ) -> SpanCorruptionCollator:
+        """A collator that takes EOS, padding and the sentinels from a t5mini `Tokenizer`."""
+        return cls(
+            input_length,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            first_sentinel_id=tokenizer.sentinel_id(0),
+            num_sentinels=tokenizer.extra_ids,
+            num_pieces=tokenizer.num_pieces,
+            **kwargs,
+        )
 
     def batches(
         self, documents: Iterable[Sequence[int]], batch_size: int, drop_last: bool = True
@@ -470,9 +469,8 @@ class SpanCorruptionDataset(torch.utils.data.IterableDataset):
         if worker is not None:
             if worker.num_workers > 1:
                 documents = itertools.islice(documents, worker.id, None, worker.num_workers)
-            # A worker holds a fresh copy of the collator every epoch, so its generator would
-            # replay the same noise; mix in worker.seed, which DataLoader draws anew per epoch
-            # and per worker from torch's RNG (so torch.manual_seed still makes runs repeatable).
+            # A worker's fresh copy of the collator would replay the same noise every epoch:
+            # mix in worker.seed, which DataLoader draws anew per epoch and worker.
             collator = copy.copy(collator)
             collator.generator = torch.Generator()
             seed = self.collator.generator.initial_seed() * 1_000_003 + worker.seed

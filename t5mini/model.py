@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from t5mini.attention import T5Attention, causal_bias, padding_bias
-from t5mini.checks import check_ids, check_mask
+from t5mini.checks import check_bool, check_hidden_states, check_ids, check_mask, check_not_meta
 from t5mini.feedforward import FeedForward, clamp_fp16
 from t5mini.norm import RMSNorm
 from t5mini.position import RelativePositionBias
@@ -78,6 +79,16 @@ def _decode_with_cache(stack: T5Stack, inputs_embeds: Tensor, cache: Any) -> Ten
     return stack.dropout(stack.final_norm(hidden_states))
 
 
+def shared_bias(stack: T5Stack, length: int, attention_mask: Tensor | None) -> Tensor:
+    """The self-attention bias every block of ``stack`` shares: position bias plus masks."""
+    bias = stack.relative_position_bias(length, length)  # (1, heads, seq_len, seq_len)
+    if attention_mask is not None:
+        bias = bias + padding_bias(attention_mask, bias.dtype)  # (batch, heads, ...)
+    if stack.is_decoder:
+        bias = bias + causal_bias(length, length, bias.dtype, bias.device)
+    return bias
+
+
 class T5Stack(nn.Module):
     """The encoder or the decoder: blocks sharing one position bias, then a final norm."""
 
@@ -108,13 +119,7 @@ class T5Stack(nn.Module):
         """(batch, seq_len, d_model) embeddings -> (batch, seq_len, d_model) final states."""
         if cache is not None:  # incremental decoding (chapter 8)
             return _decode_with_cache(self, inputs_embeds, cache)
-        length = inputs_embeds.shape[1]
-        # the position bias, computed once and shared by every layer, plus the masks
-        bias = self.relative_position_bias(length, length)  # (1, heads, seq_len, seq_len)
-        if attention_mask is not None:
-            bias = bias + padding_bias(attention_mask, bias.dtype)  # (batch, heads, ...)
-        if self.is_decoder:
-            bias = bias + causal_bias(length, length, bias.dtype, bias.device)
+        bias = shared_bias(self, inputs_embeds.shape[1], attention_mask)  # once for every block
         cross_bias = None
         if encoder_attention_mask is not None:
             cross_bias = padding_bias(encoder_attention_mask, bias.dtype)  # (batch, 1, 1, src)
@@ -176,29 +181,47 @@ def init_t5_weights(model: T5ForConditionalGeneration) -> None:
 
 
 def _checked_config(config: Any) -> Any:
-    """``config`` after its own ``validate()``; any object with T5Config's fields will do."""
+    """A validated copy of ``config``, which the model owns; any object with its fields will do."""
     if not callable(getattr(config, "validate", None)):
         raise TypeError(f"config must be a T5Config, got {type(config).__name__}")
+    config = copy.copy(config)  # the caller's config stays as it was
     config.validate()  # fields may have been changed since the config was made
     return config
 
 
+def _checked_weights(model: nn.Module) -> torch.dtype:
+    """The model's dtype; raise if a weight is on the meta device or the dtypes are mixed."""
+    check_not_meta("model", model)
+    dtype = model.embedding.weight.dtype
+    for name, weight in model.named_parameters():
+        wo_in_fp32 = name.endswith("wo.weight") and weight.dtype == torch.float32  # fp16 runs
+        if weight.dtype != dtype and not wo_in_fp32:
+            raise TypeError(
+                f"model.{name} has dtype {weight.dtype} but model.embedding.weight has {dtype}; "
+                f"cast the whole model, e.g. model.to({dtype})"
+            )
+    return dtype
+
+
 def _check_decode_inputs(
-    config: Any, ids: Any, states: Any, mask: Any, decoder_mask: Any, cache: Any
+    model: Any, ids: Any, states: Any, mask: Any, decoder_mask: Any, cache: Any
 ) -> None:
     """Raise for decoder ids, encoder states and masks that do not fit together."""
+    config = model.config
     if cache is None or not isinstance(ids, Tensor) or ids.device.type == "cpu":
-        check_ids("decoder_input_ids", ids, config.vocab_size)
+        check_ids("decoder_input_ids", ids, config.vocab_size)  # on a GPU: a sync a step
     if cache is not None:
         return  # the cache holds the encoder states and their mask
+    dtype = _checked_weights(model)
     check_mask("decoder_attention_mask", decoder_mask, ids, "decoder_input_ids")
-    if not isinstance(states, Tensor):
-        raise TypeError(f"encoder_hidden_states must be a tensor, got {type(states).__name__}")
-    if states.dim() != 3 or states.shape[0] != ids.shape[0] or states.shape[2] != config.d_model:
+    check_hidden_states("encoder_hidden_states", states, config.d_model)
+    if states.dim() != 3 or states.shape[0] != ids.shape[0]:
         raise ValueError(
             f"encoder_hidden_states must have shape (batch={ids.shape[0]}, src_len, "
             f"d_model={config.d_model}), got {tuple(states.shape)}"
         )
+    if states.dtype != dtype:
+        raise TypeError(f"encoder_hidden_states has dtype {states.dtype}; the model's is {dtype}")
     if mask is not None:
         check_mask("attention_mask", mask, states[..., 0], "encoder_hidden_states (batch, src_len)")
 
@@ -211,6 +234,11 @@ def _check_forward_inputs(
         check_ids("labels", labels, config.vocab_size, allow_ignore=True)
         if decoder_input_ids is not None:
             check_mask("labels", labels, decoder_input_ids, "decoder_input_ids")
+        if isinstance(input_ids, Tensor) and input_ids.dim() and len(labels) != len(input_ids):
+            raise ValueError(
+                f"labels has batch size {len(labels)} but input_ids has {len(input_ids)}; "
+                "each source needs its row of labels"
+            )
     if decoder_input_ids is None and labels is None:
         raise ValueError("forward needs decoder_input_ids or labels (got neither)")
     if encoder_states is None and input_ids is None:
@@ -248,38 +276,38 @@ class T5PreTrainedModel(nn.Module):
 
     def gradient_checkpointing_enable(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
-        self.config.gradient_checkpointing = enable
+        self.config.gradient_checkpointing = enable = check_bool("enable", enable)
         self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = enable
 
     def generate(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
     ) -> Tensor:
-        """Generate output ids (greedy, beam search or sampling); built in chapter 8."""
+        """Generate output ids (greedy, beam search or sampling); built in chapter 9."""
         from t5mini.generation import generate
 
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` as transformers does; built in chapter 7."""
+        """Write ``config.json`` and ``model.safetensors`` like transformers; built in chapter 7."""
         from t5mini.convert import save_pretrained
 
         return save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> T5ForConditionalGeneration:
-        """Load what ``save_pretrained`` or transformers wrote in ``directory``; built in chapter 7."""
+        """Load what ``save_pretrained`` or transformers wrote there; built in chapter 7."""
         from t5mini.convert import from_pretrained
 
         return from_pretrained(directory, model_class=cls)
 
 
-class T5ForConditionalGeneration(T5PreTrainedModel):
-    """T5: a shared embedding, encoder and decoder stacks, and a tied (v1.0) or untied head."""
+class T5EncoderDecoder(T5PreTrainedModel):
+    """T5's parts: a shared embedding, encoder and decoder stacks, a tied (v1.0) or untied head."""
 
     def __init__(self, config: T5Config) -> None:
         """Build the model of ``config`` with T5's initialisation."""
         super().__init__()
-        self.config = _checked_config(config)
+        config = self.config = _checked_config(config)  # the model's own copy
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)  # shared
         self.encoder = T5Stack(config, is_decoder=False)
         self.decoder = T5Stack(config, is_decoder=True)
@@ -291,6 +319,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         """The encoder's final states (batch, src_len, d_model), after its norm and dropout."""
         check_ids("input_ids", input_ids, self.config.vocab_size)
         check_mask("attention_mask", attention_mask, input_ids, "input_ids")
+        _checked_weights(self)
         return self.encoder(self.embedding(input_ids), attention_mask)
 
     def decode(
@@ -303,12 +332,16 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
     ) -> Tensor:
         """Logits (batch, new_len, vocab); with a cache, only the new tokens, and it advances."""
         inputs = (decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask)
-        _check_decode_inputs(self.config, *inputs, cache)
+        _check_decode_inputs(self, *inputs, cache)
         embeds = self.embedding(decoder_input_ids)  # (batch, new_len, d_model)
         states = self.decoder(
             embeds, decoder_attention_mask, encoder_hidden_states, attention_mask, cache
         )
         return head_logits(states, self.embedding, self.lm_head)  # (batch, new_len, vocab)
+
+
+class T5ForConditionalGeneration(T5EncoderDecoder):
+    """T5 for training and generation: ``forward`` gives the logits and, with labels, the loss."""
 
     def forward(
         self,

@@ -1,17 +1,17 @@
-# Generated from chapters/01_tokenizer.md — edit the chapter, not this file.
+# Generated from chapters/13_guard_rails.md — edit the chapter, not this file.
 
 """Argument checks shared by every module: each error names the argument and what was expected."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
-from collections.abc import Collection, Sequence
+import operator
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import torch
-
-ID_DTYPES = (torch.int32, torch.int64)  # what nn.Embedding and cross_entropy accept
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -79,6 +79,21 @@ def check_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     return value
 
 
+def check_text(name: str, value: Any) -> str:
+    """Return ``value``; raise unless it is one str of Unicode text (no lone surrogate)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r:.40}")
+    if not value.isascii():  # the one way a str can fail to be text: a lone surrogate
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{name} holds a lone surrogate {value[error.start]!r} at index {error.start}, "
+                "which is no character; expected text that encodes as UTF-8"
+            ) from None
+    return value
+
+
 def check_texts(name: str, value: Any) -> list[str]:
     """Return ``value`` as a list of str; raise for a bare str or a non-str element."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -86,10 +101,50 @@ def check_texts(name: str, value: Any) -> list[str]:
             f"{name} must be a list of strings, got {type(value).__name__} {value!r:.40}"
             + (" (wrap a single text in a list)" if isinstance(value, str) else "")
         )
-    for index, text in enumerate(value):
-        if not isinstance(text, str):
-            raise TypeError(f"{name}[{index}] must be a str, got {type(text).__name__}")
-    return list(value)
+    return [check_text(f"{name}[{index}]", text) for index, text in enumerate(value)]
+
+
+def check_token_id(name: str, value: Any, vocab_size: int | None = None) -> int:
+    """``value`` as an int (Python or NumPy int, 0-d tensor); raise unless in [0, vocab_size)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        token_id = operator.index(value)  # refuses 5.7 and "5" rather than truncating them
+    except TypeError:
+        got = f"{type(value).__name__} {value!r:.40}"
+        raise TypeError(f"{name} must be an int token id, got {got}") from None
+    if token_id < 0 or (vocab_size is not None and token_id >= vocab_size):
+        hint = " (-100 marks ignored labels; replace it before decoding)" * (token_id == -100)
+        where = f"outside the vocabulary range [0, {'inf' if vocab_size is None else vocab_size})"
+        raise ValueError(f"{name} is {token_id}, {where}{hint}")
+    return token_id
+
+
+def check_token_ids(name: str, ids: Any, vocab_size: int | None = None) -> list[int]:
+    """``ids`` as a list of ints: a 1-D tensor or array, or a sequence of ids, but never a str."""
+    if hasattr(ids, "ndim") and hasattr(ids, "tolist"):  # a tensor or a NumPy array
+        if ids.ndim != 1:
+            raise ValueError(
+                f"{name} must be one sequence (1-D), got shape {tuple(ids.shape)}; "
+                "use batch_decode for a batch"
+            )
+        ids = ids.tolist()
+    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        got = f"{type(ids).__name__} {ids!r:.40}"
+        raise TypeError(f"{name} must be a sequence of token ids, got {got}")
+    return [check_token_id(f"{name}[{i}]", token, vocab_size) for i, token in enumerate(ids)]
+
+
+def check_id_batch(name: str, sequences: Any, vocab_size: int | None = None) -> list[list[int]]:
+    """``sequences`` as lists of ints: a 2-D tensor or array, or a sequence of id sequences."""
+    if hasattr(sequences, "ndim") and sequences.ndim != 2:
+        raise ValueError(f"{name} must be a batch (2-D), got shape {tuple(sequences.shape)}")
+    if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Iterable):
+        raise TypeError(f"{name} must be a batch of id sequences, got {type(sequences).__name__}")
+    return [check_token_ids(f"{name}[{i}]", ids, vocab_size) for i, ids in enumerate(sequences)]
+
+
+ID_DTYPES = (torch.int32, torch.int64)  # what nn.Embedding and cross_entropy accept
 
 
 def is_compiling() -> bool:
@@ -98,13 +153,27 @@ def is_compiling() -> bool:
     return bool(probe is not None and probe())
 
 
+def check_not_meta(name: str, value: torch.Tensor | torch.nn.Module) -> None:
+    """Raise if ``value`` (a tensor, or a parameter or buffer of a module) is on the meta device."""
+    if isinstance(value, torch.nn.Module):
+        tensors = itertools.chain(value.named_parameters(), value.named_buffers())
+        where = next((f"{name}.{key}" for key, tensor in tensors if tensor.is_meta), None)
+        fix = "load weights with load_state_dict(..., assign=True), or to_empty(device=...)"
+    else:
+        where = name if isinstance(value, torch.Tensor) and value.is_meta else None
+        fix = "move it to a real device first, e.g. .to('cpu')"
+    if where is not None:
+        raise ValueError(f"{where} is on the meta device, which holds shapes but no values; {fix}")
+
+
 def check_ids(name: str, ids: Any, vocab_size: int, allow_ignore: bool = False) -> None:
-    """Raise unless ``ids`` is a (batch, seq_len > 0) int32/int64 tensor of ids in [0, vocab_size)."""
+    """Raise unless ``ids`` is a (batch, seq_len > 0) int32/int64 tensor of ids < vocab_size."""
     if not isinstance(ids, torch.Tensor) or ids.dtype not in ID_DTYPES:
         got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise TypeError(f"{name} must be a torch.int64 (or int32) tensor, got {got}")
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise ValueError(f"{name} must have shape (batch, seq_len > 0), got {tuple(ids.shape)}")
+    check_not_meta(name, ids)
     if is_compiling():  # a host sync would split the compiled graph: callers check eagerly
         return
     values = ids[ids != -100] if allow_ignore else ids
@@ -118,10 +187,11 @@ def check_ids(name: str, ids: Any, vocab_size: int, allow_ignore: bool = False) 
 
 
 def check_hidden_states(name: str, value: Any, d_model: int) -> None:
-    """Raise unless ``value`` is a floating-point tensor with ``d_model`` features in its last dim."""
+    """Raise unless ``value`` is a floating-point tensor with ``d_model`` features last."""
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
         raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+    check_not_meta(name, value)
     if value.dim() == 0 or value.shape[-1] != d_model:
         raise ValueError(
             f"{name} must have d_model={d_model} features in its last dimension, "
@@ -134,11 +204,11 @@ def check_mask(name: str, mask: Any, ids: torch.Tensor, ids_name: str) -> None:
     if mask is None:
         return
     if not isinstance(mask, torch.Tensor) or mask.is_complex():
-        raise TypeError(
-            f"{name} must be a tensor of 1 (token) and 0 (padding), got {type(mask).__name__}"
-        )
+        got = type(mask).__name__
+        raise TypeError(f"{name} must be a tensor of 1 (token) and 0 (padding), got {got}")
     if tuple(mask.shape) != tuple(ids.shape):
         raise ValueError(
             f"{name} has shape {tuple(mask.shape)} but {ids_name} has shape "
             f"{tuple(ids.shape)}; they must match (1 = token, 0 = padding)"
         )
+    check_not_meta(name, mask)

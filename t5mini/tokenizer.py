@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import operator
 import os
 import re
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import sentencepiece as spm
 import torch
 
-from t5mini.checks import check_bool, check_choice, check_float, check_int, check_texts
-
-NUM_SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
-PAD_PIECE, EOS_PIECE, UNK_PIECE = "<pad>", "</s>", "<unk>"
-# The sentencepiece release that trained the shipped spiece.model (training is deterministic
-# for a given release; another release may cut a few pieces differently).
-SHIPPED_MODEL_SENTENCEPIECE_VERSION = "0.2.3"
+from t5mini.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_id_batch,
+    check_int,
+    check_text,
+    check_texts,
+    check_token_id,
+    check_token_ids,
+)
+from t5mini.files import check_existing_files, check_new_file, replaced_atomically, text_lines
 
 
 def bundled_corpus() -> Path:
@@ -30,70 +32,56 @@ def bundled_corpus() -> Path:
 
 
 def shipped_model() -> Path:
-    """Path of the SentencePiece model shipped inside the package (``t5mini/assets/spiece.model``)."""
+    """Path of the SentencePiece model shipped inside the package (``assets/spiece.model``)."""
     return Path(str(resources.files("t5mini") / "assets" / "spiece.model"))
+
+
+NUM_SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
+PAD_PIECE, EOS_PIECE, UNK_PIECE = "<pad>", "</s>", "<unk>"
+# The sentencepiece release that trained the shipped spiece.model (training is deterministic
+# for a given release; another release may cut a few pieces differently).
+SHIPPED_MODEL_SENTENCEPIECE_VERSION = "0.2.3"
 
 
 NORMALIZATION_RULES = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")  # SentencePiece's
 
 
 def _corpus_paths(corpus: Any) -> list[Path]:
-    """The corpus files as paths; raise unless each one exists and together they hold text."""
-    if corpus is None:
-        return [bundled_corpus()]
-    if isinstance(corpus, (str, os.PathLike)):
-        corpus = [corpus]
-    elif not isinstance(corpus, Sequence):
-        got = type(corpus).__name__
-        raise TypeError(f"corpus must be a path, a list of paths or None, got {got}")
-    if not corpus:
-        raise ValueError("corpus must name at least one text file, got []")
-    for index, path in enumerate(corpus):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"corpus[{index}] must be a path, got {type(path).__name__}")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"corpus file not found: {path}")
-    paths = [Path(path) for path in corpus]
+    """The corpus files as paths (default: the bundled corpus); raise unless they hold text."""
+    paths = [bundled_corpus()] if corpus is None else check_existing_files("corpus", corpus)
     if next(_corpus_lines(paths), None) is None:
         raise ValueError(f"corpus {[str(p) for p in paths]} has no text, only empty lines")
     return paths
 
 
-def _check_model_file(model_file: Any) -> Path:
-    """``model_file`` as a Path; raise unless it names a file in an existing directory."""
-    if not isinstance(model_file, (str, os.PathLike)):
-        raise TypeError(f"model_file must be a path, got {type(model_file).__name__}")
-    path = Path(model_file)
-    if path.is_dir():
-        raise IsADirectoryError(f"model_file {str(path)!r} is a directory; name a file in it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"model_file {str(path)!r}: no directory {str(path.parent)!r}")
-    return path
-
-
-@contextmanager
-def _replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
-    """A new file to write into; it replaces ``path`` at the end, and vanishes on an error."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    file = open(temporary, "xb")  # a new file, with the umask's permissions
+def _corpus_lines(paths: Sequence[Path], errors: list[ValueError] | None = None) -> Iterator[str]:
+    """The non-empty lines of the corpus files, in order; a read error also goes to ``errors``."""
     try:
-        with file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)  # atomic: the old model or the new one, never half of one
-    except BaseException:  # KeyboardInterrupt too
-        temporary.unlink(missing_ok=True)
+        for path in paths:
+            for line in text_lines(path):  # undecodable bytes: an error naming file and position
+                if line.strip():
+                    yield line.rstrip("\n")
+    except ValueError as error:  # the trainer turns it into a bare RuntimeError: keep it
+        if errors is not None:
+            errors.append(error)
         raise
 
 
-def _corpus_lines(paths: Sequence[Path]) -> Iterator[str]:
-    """The non-empty lines of the corpus files, in order: one training sentence each."""
-    for path in paths:
-        with open(path, encoding="utf-8") as file:
-            for line in file:
-                if line.strip():
-                    yield line.rstrip("\n")
+def _training_error(error: RuntimeError, vocab_size: int, corpus_errors: list) -> Exception:
+    """The error to raise for a failed training: one that names its cause."""
+    message = str(error)
+    if corpus_errors:
+        return corpus_errors[0]
+    if "Vocabulary size too high" in message:
+        reason = message.split("] ")[-1]  # "Vocabulary size too high (...). Please set ..."
+        return ValueError(f"vocab_size={vocab_size} is too large for this corpus: {reason}")
+    if needed := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
+        return ValueError(
+            f"vocab_size={vocab_size} is too small for this corpus: it needs at least "
+            f"{needed.group(1)}, a piece for each character it keeps and <pad>, </s>, <unk> "
+            "(a lower character_coverage keeps fewer characters)"
+        )
+    return error
 
 
 def train_tokenizer(
@@ -103,15 +91,16 @@ def train_tokenizer(
     character_coverage: float = 1.0,
     normalization_rule_name: str = "nmt_nfkc",
 ) -> Path:
-    """Train a T5-style SentencePiece unigram model (pad 0, eos 1, unk 2, no bos); return its path."""
-    paths, model_file = _corpus_paths(corpus), _check_model_file(model_file)
+    """Train a T5-style SentencePiece unigram model (pad 0, eos 1, unk 2, no bos); return it."""
+    paths, model_file = _corpus_paths(corpus), check_new_file("model_file", model_file)
     check_int("vocab_size", vocab_size, 4)  # the 3 special pieces and at least one more
     check_float("character_coverage", character_coverage, 0, 1, low_open=True)
     check_choice("normalization_rule_name", normalization_rule_name, NORMALIZATION_RULES)
+    corpus_errors: list[ValueError] = []  # what reading the corpus raised inside the trainer
     try:
-        with _replaced_atomically(model_file) as writer:  # a failed training keeps the old file
+        with replaced_atomically(model_file) as writer:  # a failed training keeps the old file
             spm.SentencePieceTrainer.train(
-                sentence_iterator=_corpus_lines(paths),  # no file name is stored in the model
+                sentence_iterator=_corpus_lines(paths, corpus_errors),  # no path in the model
                 model_writer=writer,
                 model_type="unigram",
                 vocab_size=vocab_size,
@@ -129,13 +118,8 @@ def train_tokenizer(
                 num_threads=1,  # one thread: the same corpus always gives the same model
                 minloglevel=2,  # keep the trainer's log quiet
             )
-    except RuntimeError as error:
-        if "Vocabulary size too high" not in str(error):
-            raise
-        reason = str(error).split("] ")[-1]  # "Vocabulary size too high (...). Please set ..."
-        raise ValueError(
-            f"vocab_size={vocab_size} is too large for this corpus: {reason}"
-        ) from None
+    except RuntimeError as error:  # sentencepiece's errors, made to name their cause
+        raise _training_error(error, vocab_size, corpus_errors) from None
     return model_file
 
 
@@ -147,7 +131,10 @@ def _load_sentencepiece(model_file: Any) -> tuple[Path, spm.SentencePieceProcess
     if not path.is_file():
         raise FileNotFoundError(f"model_file: SentencePiece model not found: {path}")
     try:
-        sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
+        proto = path.read_bytes()
+        if not proto:  # an empty protocol buffer parses, as a model with no pieces
+            raise RuntimeError("the file is empty (0 bytes)")
+        sp = spm.SentencePieceProcessor(model_proto=proto)
     except RuntimeError as error:
         message = f"model_file {str(path)!r} is not a SentencePiece model: {error}"
         raise ValueError(message) from None
@@ -158,29 +145,9 @@ def _load_sentencepiece(model_file: Any) -> tuple[Path, spm.SentencePieceProcess
     return path, sp
 
 
-def _check_text(name: str, text: Any) -> str:
-    """Return ``text``; raise unless it is one str."""
-    if not isinstance(text, str):
-        raise TypeError(f"{name} must be a str, got {type(text).__name__} {text!r:.40}")
-    return text
-
-
-def _token_id(name: str, token_id: Any, vocab_size: int) -> int:
-    """``token_id`` as an int (Python or NumPy int, 0-d tensor); raise unless in the vocabulary."""
-    try:
-        if isinstance(token_id, bool):
-            raise TypeError
-        token_id = operator.index(token_id)  # refuses 5.7 and "5" rather than truncating them
-    except TypeError:
-        got = f"{type(token_id).__name__} {token_id!r:.40}"
-        raise TypeError(f"{name} must be an int token id, got {got}") from None
-    if not 0 <= token_id < vocab_size:
-        hint = (
-            " (-100 marks ignored labels; replace it before decoding)" if token_id == -100 else ""
-        )
-        where = f"outside the vocabulary range [0, {vocab_size}){hint}"
-        raise ValueError(f"{name} is {token_id}, {where}")
-    return token_id
+def _special_pattern(specials: dict[str, int]) -> re.Pattern[str]:
+    """A regular expression that finds the special strings in a text, longest first."""
+    return re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
 
 
 class SentencePieceVocabulary:
@@ -189,15 +156,12 @@ class SentencePieceVocabulary:
     def __init__(self, model_file: str | os.PathLike | None = None, extra_ids: int = NUM_SENTINELS):
         """Load ``model_file`` (default: t5mini's shipped model); add ``extra_ids`` sentinels."""
         self.model_file, self.sp = _load_sentencepiece(model_file)
-        self.extra_ids = check_int("extra_ids", extra_ids, 0)
-        self.num_pieces = self.sp.get_piece_size()
+        self.extra_ids, self.num_pieces = check_int("extra_ids", extra_ids, 0), len(self.sp)
         self.pad_id, self.eos_id, self.unk_id = self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id()
-        # the strings that stand for one id wherever they occur in a text
         specials = {self.sp.id_to_piece(i): i for i in (self.pad_id, self.eos_id, self.unk_id)}
         specials |= {f"<extra_id_{i}>": self.sentinel_id(i) for i in range(self.extra_ids)}
-        self.special_ids = specials
-        longest_first = sorted(specials, key=len, reverse=True)
-        self.special_pattern = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")
+        self.special_ids = specials  # the strings that stand for one id wherever they occur
+        self.special_pattern = _special_pattern(specials)
 
     @property
     def vocab_size(self) -> int:
@@ -214,53 +178,25 @@ class SentencePieceVocabulary:
 
     def id_to_piece(self, token_id: int) -> str:
         """The piece (or ``<extra_id_N>``) that ``token_id`` stands for."""
-        token_id = _token_id("token_id", token_id, self.vocab_size)
+        token_id = check_token_id("token_id", token_id, self.vocab_size)
         if token_id >= self.num_pieces:  # a sentinel
             return f"<extra_id_{self.vocab_size - 1 - token_id}>"
         return self.sp.id_to_piece(token_id)
 
     def piece_to_id(self, piece: str) -> int:
         """The id of ``piece``; ``unk_id`` when the vocabulary has no such piece."""
-        if _check_text("piece", piece) in self.special_ids:
-            return self.special_ids[piece]
-        return self.sp.piece_to_id(piece)
+        special = self.special_ids.get(check_text("piece", piece))
+        return self.sp.piece_to_id(piece) if special is None else special
 
     def is_special(self, token_id: int) -> bool:
         """True for pad, eos, unk and the sentinels: what ``skip_special_tokens`` drops."""
-        token_id = _token_id("token_id", token_id, self.vocab_size)
-        sp = self.sp
-        return token_id >= self.num_pieces or sp.is_control(token_id) or sp.is_unknown(token_id)
+        i = check_token_id("token_id", token_id, self.vocab_size)
+        return i >= self.num_pieces or self.sp.is_control(i) or self.sp.is_unknown(i)
 
     def __repr__(self) -> str:
         """Where the model came from and how many ids it has."""
-        return (
-            f"{type(self).__name__}({str(self.model_file)!r}, pieces={self.num_pieces}, "
-            f"sentinels={self.extra_ids}, vocab_size={self.vocab_size})"
-        )
-
-
-def _token_ids(name: str, ids: Any, vocab_size: int) -> list[int]:
-    """``ids`` as a list of ints: a 1-D tensor or array, or a sequence of ids, but never a str."""
-    if hasattr(ids, "ndim") and hasattr(ids, "tolist"):  # a tensor or a NumPy array
-        if ids.ndim != 1:
-            raise ValueError(
-                f"{name} must be one sequence (1-D), got shape {tuple(ids.shape)}; "
-                "use batch_decode for a batch"
-            )
-        ids = ids.tolist()
-    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-        got = f"{type(ids).__name__} {ids!r:.40}"
-        raise TypeError(f"{name} must be a sequence of token ids, got {got}")
-    return [_token_id(f"{name}[{index}]", token, vocab_size) for index, token in enumerate(ids)]
-
-
-def _batch_token_ids(name: str, sequences: Any, vocab_size: int) -> list[list[int]]:
-    """``sequences`` as lists of ints: a 2-D tensor or array, or a sequence of id sequences."""
-    if hasattr(sequences, "ndim") and sequences.ndim != 2:
-        raise ValueError(f"{name} must be a batch (2-D), got shape {tuple(sequences.shape)}")
-    if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Iterable):
-        raise TypeError(f"{name} must be a batch of id sequences, got {type(sequences).__name__}")
-    return [_token_ids(f"{name}[{index}]", ids, vocab_size) for index, ids in enumerate(sequences)]
+        counts = f"pieces={self.num_pieces}, sentinels={self.extra_ids}"
+        return f"{type(self).__name__}({str(self.model_file)!r}, {counts}, vocab_size={len(self)})"
 
 
 class Tokenizer(SentencePieceVocabulary):
@@ -270,7 +206,7 @@ class Tokenizer(SentencePieceVocabulary):
         """Token ids of ``text``, ``</s>`` appended; ``<extra_id_N>`` in it maps to its sentinel."""
         ids: list[int] = []
         # even parts are plain text, odd parts the special strings between them
-        for index, part in enumerate(self.special_pattern.split(_check_text("text", text))):
+        for index, part in enumerate(self.special_pattern.split(check_text("text", text))):
             if index % 2:
                 ids.append(self.special_ids[part])
             elif part:
@@ -283,7 +219,7 @@ class Tokenizer(SentencePieceVocabulary):
 
     def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """The text of ``ids``: pieces joined, ``▁`` read as a space, the leading one dropped."""
-        ids = _token_ids("ids", ids, self.vocab_size)
+        ids = check_token_ids("ids", ids, self.vocab_size)
         if check_bool("skip_special_tokens", skip_special_tokens):
             ids = [i for i in ids if not self.is_special(i)]
         text = "".join(map(self.id_to_piece, ids)).replace("\u2581", " ")
@@ -312,7 +248,7 @@ class Tokenizer(SentencePieceVocabulary):
         self, sequences: Iterable[Iterable[int]] | torch.Tensor, skip_special_tokens: bool = False
     ) -> list[str]:
         """``decode`` each sequence of a batch (a 2-D tensor or a list of lists)."""
-        batch = _batch_token_ids("sequences", sequences, self.vocab_size)
+        batch = check_id_batch("sequences", sequences, self.vocab_size)
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
 
@@ -327,15 +263,11 @@ def _check_padding(
     truncation: Any,
     eos_id: Any,
     return_tensors: Any,
-) -> None:
-    """Raise unless the arguments of ``pad_batch`` make sense, alone and together."""
-    if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence):
-        raise TypeError(f"batch must be a list of rows of token ids, got {type(batch).__name__}")
-    if not batch:
+) -> list[list[int]]:
+    """The rows of ``batch`` as lists of ints; raise unless the arguments make sense together."""
+    rows = check_id_batch("batch", batch)  # a str or a float where an id belongs is refused
+    if not rows:
         raise ValueError("batch is empty; expected at least one row of token ids")
-    for index, row in enumerate(batch):
-        if not isinstance(row, (list, tuple)):
-            raise TypeError(f"batch[{index}] must be a list of token ids, got {type(row).__name__}")
     check_int("pad_id", pad_id, 0)
     if eos_id is not None:
         check_int("eos_id", eos_id, 0)
@@ -350,6 +282,7 @@ def _check_padding(
     ):
         if needs_length and max_length is None:
             raise ValueError(f"max_length=None, but {setting} needs a max_length")
+    return rows
 
 
 def pad_batch(
@@ -362,8 +295,7 @@ def pad_batch(
     return_tensors: str | None = "pt",
 ) -> dict[str, torch.Tensor | list[list[int]]]:
     """Cut rows to ``max_length`` (``eos_id`` kept last), right-pad them; mask 1 = token."""
-    _check_padding(batch, pad_id, max_length, padding, truncation, eos_id, return_tensors)
-    rows = [list(ids) for ids in batch]
+    rows = _check_padding(batch, pad_id, max_length, padding, truncation, eos_id, return_tensors)
     if truncation:  # as in transformers: cut the text, then put the </s> back at the end
         end = [] if eos_id is None else [eos_id]
         keep = max_length - len(end)

@@ -430,7 +430,11 @@ def train(
         save()  # the run exists from now on: --resume can always continue it
     log_file = None
     if is_main:
-        log_file = open_log(output_dir / "log.jsonl", trainer.global_step, warn=bar.write)
+        log_file = open_log(
+            output_dir / "log.jsonl",
+            trainer.global_step,
+            warn=lambda line: bar.write(line, file=sys.stderr),
+        )
 
     def callback(record: dict[str, float]) -> None:
         if log_file is not None:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t5mini.checks import check_choice, check_float, check_int, is_compiling
+from t5mini.checks import check_choice, check_float, check_int
+
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
@@ -138,10 +139,7 @@ class T5Attention(nn.Module):
             if cache is not None:
                 key, value = cache.update(key, value)
         dropout_p = self.dropout_rate if self.training else 0.0
-        # One query compiled for the CPU (a decoding step, chapter 8): inductor fuses the plain
-        # math into two small loops, which is faster than a call into SDPA's kernel.
-        one_query_compiled = query.shape[2] == 1 and query.device.type == "cpu" and is_compiling()
-        if self.implementation == "sdpa" and not one_query_compiled:
+        if self.implementation == "sdpa":
             output = sdpa_attention(query, key, value, bias, dropout_p)
         else:
             output, _ = eager_attention(query, key, value, bias, dropout_p)

@@ -14,10 +14,15 @@ from t5mini.checks import (
     check_choice,
     check_float,
     check_hidden_states,
+    check_id_batch,
     check_ids,
     check_int,
     check_mask,
+    check_not_meta,
+    check_text,
     check_texts,
+    check_token_id,
+    check_token_ids,
 )
 
 # --- check_int --------------------------------------------------------------------------
@@ -268,3 +273,102 @@ def test_check_hidden_states_rejects_wrong_types(value) -> None:
 def test_check_hidden_states_rejects_wrong_sizes(shape) -> None:
     with pytest.raises(ValueError, match=r"^hidden_states must have d_model=8 features"):
         check_hidden_states("hidden_states", torch.zeros(shape), d_model=8)
+
+
+# --- check_text -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", "plain", "ﬁne ＡＢＣ café", "emoji \U0001f600"])
+def test_check_text_accepts_unicode_text(value) -> None:
+    assert check_text("text", value) is value
+
+
+@pytest.mark.parametrize("value", [b"bytes", 5, None, ["a"]])
+def test_check_text_rejects_non_strings(value) -> None:
+    with pytest.raises(TypeError, match=r"^text must be a str"):
+        check_text("text", value)
+
+
+@pytest.mark.parametrize("value,index", [("\ud800", 0), ("ab\udfffc", 2), ("é\udc80", 1)])
+def test_check_text_rejects_lone_surrogates_naming_the_index(value, index) -> None:
+    with pytest.raises(ValueError, match=rf"^text holds a lone surrogate .* at index {index},"):
+        check_text("text", value)
+
+
+def test_check_texts_names_the_element_with_a_surrogate() -> None:
+    with pytest.raises(ValueError, match=r"^texts\[2\] holds a lone surrogate"):
+        check_texts("texts", ["a", "b", "c\ud800"])
+
+
+# --- check_token_id, check_token_ids, check_id_batch -------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 7, np.int64(3), np.int32(9), torch.tensor(4)])
+def test_check_token_id_accepts_ints(value) -> None:
+    result = check_token_id("token_id", value, 10)
+    assert result == int(value) and type(result) is int
+
+
+@pytest.mark.parametrize("value", [True, 2.0, 5.7, "5", None, torch.tensor(2.0)])
+def test_check_token_id_rejects_non_ints(value) -> None:
+    with pytest.raises(TypeError, match=r"^token_id must be an int token id"):
+        check_token_id("token_id", value, 10)
+
+
+@pytest.mark.parametrize("value,vocab_size", [(10, 10), (-1, 10), (-1, None), (-100, None)])
+def test_check_token_id_rejects_out_of_range(value, vocab_size) -> None:
+    with pytest.raises(ValueError, match=rf"^token_id is {value}, outside the vocabulary range"):
+        check_token_id("token_id", value, vocab_size)
+
+
+def test_check_token_id_hints_at_ignored_labels() -> None:
+    with pytest.raises(ValueError, match=r"-100 marks ignored labels"):
+        check_token_id("ids[0]", -100, 10)
+    check_token_id("token_id", 10**9)  # no vocabulary given: any id >= 0
+
+
+@pytest.mark.parametrize(
+    "ids", [[1, 2, 3], (1, 2, 3), np.array([1, 2, 3]), torch.tensor([1, 2, 3]), range(1, 4)]
+)
+def test_check_token_ids_accepts_sequences(ids) -> None:
+    assert check_token_ids("ids", ids, 10) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "ids,error,match",
+    [
+        ("56", TypeError, r"^ids must be a sequence of token ids"),
+        (5, TypeError, r"^ids must be a sequence of token ids"),
+        ([1, "2"], TypeError, r"^ids\[1\] must be an int token id"),
+        (torch.zeros(2, 2, dtype=torch.long), ValueError, r"^ids must be one sequence \(1-D\)"),
+        ([1, 10], ValueError, r"^ids\[1\] is 10, outside"),
+    ],
+)
+def test_check_token_ids_rejects(ids, error, match) -> None:
+    with pytest.raises(error, match=match):
+        check_token_ids("ids", ids, 10)
+
+
+def test_check_id_batch() -> None:
+    assert check_id_batch("batch", torch.tensor([[1, 2], [3, 4]])) == [[1, 2], [3, 4]]
+    assert check_id_batch("batch", [[1], (2, 3)]) == [[1], [2, 3]]
+    with pytest.raises(ValueError, match=r"^batch must be a batch \(2-D\)"):
+        check_id_batch("batch", torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match=r"^batch must be a batch of id sequences"):
+        check_id_batch("batch", "12")
+    with pytest.raises(TypeError, match=r"^batch\[1\]\[0\] must be an int token id"):
+        check_id_batch("batch", [[1], [2.5]])
+
+
+# --- check_not_meta ---------------------------------------------------------------------
+
+
+def test_check_not_meta() -> None:
+    check_not_meta("ids", torch.zeros(2))
+    check_not_meta("model", torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"^ids is on the meta device.*\.to\('cpu'\)"):
+        check_not_meta("ids", torch.zeros(2, device="meta"))
+    module = torch.nn.Module()
+    module.register_buffer("scale", torch.ones(1, device="meta"))
+    with pytest.raises(ValueError, match=r"^model\.scale is on the meta device.*to_empty"):
+        check_not_meta("model", module)

@@ -39,7 +39,8 @@ from transformers.optimization import Adafactor as ReferenceAdafactor
 from t5mini.config import T5Config
 from t5mini.convert import to_hf
 from t5mini.model import T5ForConditionalGeneration
-from t5mini.training import Adafactor, Trainer
+from t5mini.scale import Trainer
+from t5mini.training import Adafactor
 
 SHAPE = dict(
     vocab_size=8192,

@@ -12,23 +12,24 @@ from torch import nn
 from t5mini.checks import check_float, check_hidden_states, check_int
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of GELU that T5 v1.1 and mT5 use."""
+    return F.gelu(x, approximate="tanh")
+
+
 SQRT_8_OVER_PI = math.sqrt(8.0 / math.pi)  # 2 sqrt(2 / pi)
 
 
 def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """The same function as `gelu_tanh`, written x sigmoid(2z), since (1 + tanh z) / 2 = sigmoid(2z)."""
+    """`gelu_tanh` written x sigmoid(2z), the same function: (1 + tanh z) / 2 = sigmoid(2z)."""
     return x * torch.sigmoid(SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """The tanh approximation of GELU that T5 v1.1 and mT5 use."""
-    return F.gelu(x, approximate="tanh")
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,  # exact (erf) GELU
     "gelu_tanh": gelu_tanh,
+    "gelu_tanh_as_sigmoid": gelu_tanh_as_sigmoid,  # the same function in another form
     "silu": F.silu,
 }
 

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from t5mini.config import T5Config
 from t5mini.model import T5ForConditionalGeneration
-from t5mini.training import Trainer
+from t5mini.scale import Trainer
 
 VOCAB, STEPS, ROWS = 64, 3, 8
 CONFIG = T5Config(

@@ -1038,3 +1038,78 @@ def test_the_compiled_step_gives_the_eager_losses():
     with pytest.raises(ValueError, match="labels contains 32"):
         trainer.step(bad)
     torch.testing.assert_close(flat_weights(trainer.model), compiled_weights, rtol=0, atol=0)
+
+
+def test_the_compiled_cpu_step_traces_the_gelu_in_its_sigmoid_form():
+    """On the CPU the compiled step's graph holds sigmoid and no gelu (the same function,
+    cheaper under inductor); eager calls of the model keep the tanh form."""
+    from t5mini.scale import compile_forward
+
+    graphs = []
+
+    def record(graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    model = make_model(feed_forward_proj="gated-gelu")
+    batch = make_batch()
+    torch.compiler.reset()
+    try:
+        loss = compile_forward(model, model, torch.device("cpu"), backend=record)(**batch).loss
+    finally:
+        torch.compiler.reset()
+    calls = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert calls.count(torch.sigmoid) == 2 * model.config.num_layers
+    assert torch.nn.functional.gelu not in calls
+    assert {m.activation for m in model.modules() if hasattr(m, "activation")} == {"gelu_tanh"}
+    torch.testing.assert_close(loss, model(**batch).loss)
+
+
+def test_inductor_computes_the_sigmoid_gelu_within_fp32_rounding():
+    from t5mini.feedforward import gelu_tanh_as_sigmoid
+
+    x = torch.linspace(-8, 8, 4001)
+    torch.compiler.reset()
+    try:
+        compiled = torch.compile(gelu_tanh_as_sigmoid, fullgraph=True)(x)  # inductor
+    finally:
+        torch.compiler.reset()
+    xd = x.double()
+    truth = 0.5 * xd * (1 + torch.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd**3)))
+    error = ((compiled.double() - truth).abs() / xd.abs().clamp(min=1.0)).max()
+    assert error <= 2 * torch.finfo(torch.float32).eps, error
+
+
+def test_training_step_alone_trains_and_skips():
+    """Chapter 11's TrainingStep: one process, no DDP, no compile; skips a nan step."""
+    from t5mini.training import TrainingStep
+
+    model = make_model()
+    step = TrainingStep(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    batch = make_batch()
+    first = step.step(batch)["loss"]
+    hook = model.embedding.register_forward_hook(lambda m, i, o: o * math.nan)
+    bad = step.step(batch)
+    hook.remove()
+    assert math.isnan(bad["loss"]) and step.skipped_steps == 1
+    assert step.step(batch)["loss"] < first and step.global_step == 3
+    assert not hasattr(step, "save") and not hasattr(step, "ddp")
+
+
+def test_old_import_paths_resolve_to_t5mini_scale():
+    import t5mini.scale as scale
+
+    for name in (
+        "Trainer",
+        "save_checkpoint",
+        "load_checkpoint",
+        "read_checkpoint",
+        "restore_checkpoint",
+        "atomic_save",
+        "format_stats",
+        "NonFiniteSteps",
+    ):
+        assert getattr(training, name) is getattr(scale, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        training.nothing  # noqa: B018
+    assert issubclass(scale.Trainer, training.TrainingStep)

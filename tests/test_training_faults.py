@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import t5mini.training as training
+import t5mini.scale as scale
 from t5mini.config import T5Config
 from t5mini.model import T5ForConditionalGeneration
-from t5mini.training import Trainer, configure_optimizer, load_checkpoint
+from t5mini.scale import Trainer, load_checkpoint
+from t5mini.training import configure_optimizer
 
 VOCAB = 64
 
@@ -83,7 +84,7 @@ def half_write_then(error: BaseException):
 def test_a_save_that_dies_mid_write_leaves_the_old_checkpoint(saved, monkeypatch, error):
     path, old_bytes = saved
     new = make_trainer(seed=1, steps=3)
-    monkeypatch.setattr(training.torch, "save", half_write_then(error))
+    monkeypatch.setattr(scale.torch, "save", half_write_then(error))
     with pytest.raises(type(error)):
         new.save(path)
     monkeypatch.undo()
@@ -100,7 +101,7 @@ def test_a_failing_fsync_or_rename_leaves_the_old_checkpoint(saved, monkeypatch,
     def fail(*args, **kwargs):
         raise OSError(errno.EIO, f"{function} failed")
 
-    monkeypatch.setattr(training.os, function, fail)
+    monkeypatch.setattr(scale.os, function, fail)
     with pytest.raises(OSError, match=f"{function} failed"):
         new.save(path)
     monkeypatch.undo()
@@ -114,7 +115,7 @@ def test_a_failing_directory_sync_after_the_rename_leaves_the_new_checkpoint(sav
     def fail(directory):
         raise OSError(errno.EIO, "directory fsync failed")
 
-    monkeypatch.setattr(training, "_fsync_directory", fail)
+    monkeypatch.setattr(scale, "_fsync_directory", fail)
     with pytest.raises(OSError, match="directory fsync failed"):
         new.save(path)
     monkeypatch.undo()
@@ -124,7 +125,7 @@ def test_a_failing_directory_sync_after_the_rename_leaves_the_new_checkpoint(sav
 
 KILLED_SAVE = """
 import os, signal, sys, torch
-import t5mini.training as training
+import t5mini.scale as scale
 sys.path.insert(0, {tests!r})
 from test_training_faults import make_trainer
 
@@ -136,7 +137,7 @@ def save_and_die(obj, file, *args, **kwargs):
     file.flush()
     os.kill(os.getpid(), signal.SIGKILL)  # no exception handler runs
 
-training.torch.save = save_and_die
+scale.torch.save = save_and_die
 trainer.save({path!r})
 """
 
@@ -183,7 +184,7 @@ def test_a_load_whose_read_fails_changes_nothing(saved, monkeypatch):
     def broken_load(*args, **kwargs):
         raise RuntimeError("PytorchStreamReader failed reading file data/3")
 
-    monkeypatch.setattr(training.torch, "load", broken_load)
+    monkeypatch.setattr(scale.torch, "load", broken_load)
     with pytest.raises(ValueError, match="not a readable t5mini checkpoint"):
         trainer.load(path)
     assert_same_state(state_of(trainer), before)
@@ -214,9 +215,7 @@ def test_a_load_that_fails_while_restoring_changes_nothing(saved, monkeypatch, t
         load = trainer.optimizer.load_state_dict
         monkeypatch.setattr(trainer.optimizer, "load_state_dict", fail_first_call(load, message))
     elif target == "rng":
-        monkeypatch.setattr(
-            training, "set_rng_state", fail_first_call(training.set_rng_state, message)
-        )
+        monkeypatch.setattr(scale, "set_rng_state", fail_first_call(scale.set_rng_state, message))
     else:  # the weights come last: the optimiser and generators were restored, and are undone
         monkeypatch.setattr(trainer.model, "load_state_dict", fail_first_call(None, message))
     with pytest.raises(RuntimeError, match=message):

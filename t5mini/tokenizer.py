@@ -67,7 +67,9 @@ def _corpus_lines(paths: Sequence[Path], errors: list[ValueError] | None = None)
         raise
 
 
-def _training_error(error: RuntimeError, vocab_size: int, corpus_errors: list) -> Exception:
+def _training_error(
+    error: RuntimeError, vocab_size: int, corpus_errors: list[ValueError]
+) -> Exception:
     """The error to raise for a failed training: one that names its cause."""
     message = str(error)
     if corpus_errors:

@@ -315,13 +315,13 @@ def _check_dtypes(tensors: Mapping[str, torch.Tensor], source: Path) -> None:
             )
 
 
-def _named(error: BaseException, what: str) -> OSError:
-    """An OSError saying ``what`` failed and why, with the errno of ``error`` when it has one."""
+def _named(error: BaseException, what: str) -> BaseException:
+    """The error of ``what`` failing: an OSError with the errno of ``error`` when it has one."""
     found = re.search(r"os error (\d+)", str(error))  # safetensors' I/O errors carry it as text
     code = getattr(error, "errno", None) or (int(found.group(1)) if found else None)
     if code:  # OSError(errno, text) is the subclass of that errno: PermissionError, ...
         return OSError(code, f"{what}: {os.strerror(code)}")
-    return OSError(f"{what}: {error}")
+    return type(error)(f"{what}: {error}")
 
 
 def _fsync(path: Path) -> None:
@@ -340,6 +340,8 @@ def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) 
     existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise NotADirectoryError(f"cannot make directory {str(directory)!r}: {existing} is a file")
+    if taken := next((directory / n for n in writers if (directory / n).is_dir()), None):
+        raise IsADirectoryError(f"{taken} is a directory; a model directory holds a file there")
     created = not directory.exists()
     home = directory.parent if created else directory  # a new directory appears by one rename
     staging = home / f".{directory.name}.{secrets.token_hex(4)}.tmp"
@@ -378,7 +380,7 @@ def _read_json(path: Path) -> Any:
         raise FileNotFoundError(f"{path} not found: a model directory holds config.json")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
 
 

@@ -71,7 +71,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(
 
 def test_a_file_size_limit_while_saving_is_named(saved: Path) -> None:
     """A real short write: RLIMIT_FSIZE makes the kernel refuse to grow the file (EFBIG)."""
-    resource = pytest.importorskip("resource")
+    pytest.importorskip("resource")
     limit = (saved / "model.safetensors").stat().st_size // 2
     script = textwrap.dedent(
         f"""
@@ -89,7 +89,6 @@ def test_a_file_size_limit_while_saving_is_named(saved: Path) -> None:
         sys.exit("saved past the file size limit")
         """
     )
-    assert resource.RLIMIT_FSIZE
     before = _files(saved)
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT
@@ -205,6 +204,33 @@ def test_a_path_under_a_file_is_named(tmp_path: Path) -> None:
     assert (tmp_path / "a-file").read_text() == "x"
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_directory_where_a_file_goes_is_named_and_nothing_changes(saved: Path, name) -> None:
+    (saved / name).unlink()
+    (saved / name).mkdir()
+    before = _files_or_dirs(saved)
+    with pytest.raises(IsADirectoryError, match=f"{name} is a directory"):
+        save_pretrained(_model(seed=1), saved)
+    assert _files_or_dirs(saved) == before
+
+
+def _files_or_dirs(directory: Path) -> dict[str, bytes | None]:
+    return {p.name: None if p.is_dir() else p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_refusal_that_is_not_an_io_error_keeps_its_type(tmp_path: Path, monkeypatch) -> None:
+    """Only I/O failures become OSErrors; safetensors' own refusals keep their type and text."""
+    from safetensors import SafetensorError
+
+    def refuse(tensors, path, metadata=None):
+        raise SafetensorError("Some tensors share memory, this will lead to duplicate memory")
+
+    monkeypatch.setattr(t5mini.convert, "save_file", refuse)
+    with pytest.raises(SafetensorError, match=r"model\.safetensors.*share memory"):
+        save_pretrained(_model(), tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
 _AS_NOBODY = """
 import os, sys
 os.setgid(65534); os.setgroups([]); os.setuid(65534)
@@ -286,4 +312,10 @@ def test_a_writable_directory_in_a_read_only_parent_is_saved(shared_tmp: Path) -
 def test_a_config_that_is_not_an_object_is_named(saved: Path, content: str) -> None:
     (saved / "config.json").write_text(content)
     with pytest.raises(ValueError, match=r"config\.json is not the config of a T5.*must be a dict"):
+        from_pretrained(saved)
+
+
+def test_a_config_nested_too_deeply_is_named(saved: Path) -> None:
+    (saved / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
         from_pretrained(saved)

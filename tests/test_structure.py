@@ -52,8 +52,8 @@ def t5_chapters() -> list[Path]:
 def exported_modules(chapter: Path) -> set[str]:
     """The modules a chapter's `#| default_exp` and `#| export OTHER` cells write."""
     text = chapter.read_text()
-    names = set(re.findall(r"^#\|\s*default_exp\s+([\w.]+)", text, re.M))
-    names |= set(re.findall(r"^#\|\s*export\s+([\w.]+)", text, re.M))
+    names = set(re.findall(r"^#\|[ \t]*default_exp[ \t]+([\w.]+)", text, re.M))
+    names |= set(re.findall(r"^#\|[ \t]*export[ \t]+([\w.]+)[ \t]*$", text, re.M))
     return names
 
 

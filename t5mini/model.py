@@ -234,7 +234,7 @@ def _check_forward_inputs(
         check_ids("labels", labels, config.vocab_size, allow_ignore=True)
         if decoder_input_ids is not None:
             check_mask("labels", labels, decoder_input_ids, "decoder_input_ids")
-        if isinstance(input_ids, Tensor) and input_ids.dim() and len(labels) != len(input_ids):
+        if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and len(labels) != len(input_ids):
             raise ValueError(
                 f"labels has batch size {len(labels)} but input_ids has {len(input_ids)}; "
                 "each source needs its row of labels"

@@ -16,7 +16,7 @@ import transformers
 from t5mini.config import PRESETS, T5Config
 from t5mini.generation import init_cache
 from t5mini.model import T5ForConditionalGeneration, shift_right
-from tests.reference import copy_hf_weights, hf_model
+from tests.reference import copy_hf_weights, hf_model, hf_name_to_t5mini
 from tests.tolerance import FP32_EPS, assert_close_to_truth
 
 SMALL = dict(vocab_size=160, d_model=32, d_kv=8, d_ff=48, num_heads=4, dropout_rate=0.1)
@@ -93,27 +93,43 @@ def test_parity_tolerance_can_fail() -> None:
         assert_close_to_truth(out.logits, expected.logits, truth.logits)
 
 
-def test_gradients_match_reference() -> None:
-    model, hf = _pair(V11)
+@pytest.mark.parametrize("style", ["v1.0", "v1.1"])
+def test_gradients_match_reference(style) -> None:
+    """The gradient of every parameter, tied embedding and position biases included."""
+    model, hf = _pair(V10 if style == "v1.0" else V11)
     hf64 = copy.deepcopy(hf).double()
     input_ids, attention_mask, labels = _batch()
     model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
     for reference in (hf, hf64):
         reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
     ours = dict(model.named_parameters())
-    for our_name, hf_name in (
-        (
-            "encoder.blocks.1.feed_forward.wi_0.weight",
-            "encoder.block.1.layer.1.DenseReluDense.wi_0",
-        ),
-        (
-            "decoder.relative_position_bias.embedding.weight",
-            "decoder.block.0.layer.0.SelfAttention.relative_attention_bias",
-        ),
-    ):
-        expected = hf.get_submodule(hf_name).weight.grad
-        truth = hf64.get_submodule(hf_name).weight.grad
-        assert_close_to_truth(ours[our_name].grad, expected, truth)
+    truths = dict(hf64.named_parameters())
+    compared = set()
+    for hf_name, param in hf.named_parameters():
+        our_name = hf_name_to_t5mini(hf_name)
+        if our_name is None or (our_name == "lm_head.weight" and model.lm_head is None):
+            continue  # a tied copy of the embedding: its gradient is in shared.weight
+        assert ours[our_name].grad is not None, f"{our_name} has no gradient"
+        assert_close_to_truth(ours[our_name].grad, param.grad, truths[hf_name].grad, our_name)
+        compared.add(our_name)
+    assert compared == set(ours), set(ours) - compared
+
+
+@pytest.mark.parametrize("style", ["v1.0", "v1.1"])
+def test_layer_norm_epsilon_reaches_every_norm(style) -> None:
+    """A non-default layer_norm_epsilon, where it matters: small activations in every norm."""
+    model, hf = _pair({**(V10 if style == "v1.0" else V11), "layer_norm_epsilon": 1e-3})
+    assert hf.config.layer_norm_epsilon == 1e-3
+    with torch.no_grad():  # embeddings of RMS 0.03: a mean square near eps at the first norms
+        for embedding in (hf.shared.weight, model.embedding.weight):
+            embedding.mul_(0.03)
+    hf64 = copy.deepcopy(hf).double()
+    input_ids, attention_mask, labels = _batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    with torch.no_grad():
+        expected, truth, out = hf(**inputs), hf64(**inputs), model(**inputs)
+    for name in ("encoder_last_hidden_state", "logits", "loss"):
+        assert_close_to_truth(getattr(out, name), getattr(expected, name), getattr(truth, name))
 
 
 @pytest.mark.parametrize("style", ["v1.0", "v1.1"])

@@ -24,6 +24,23 @@ def test_rmsnorm_matches_reference(dtype: torch.dtype) -> None:
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("eps", [1e-6, 1e-3])
+@pytest.mark.parametrize("scale", [1e-4, 1e-3, 3e-2])
+def test_rmsnorm_eps_where_it_matters(eps: float, scale: float) -> None:
+    """Inputs whose mean square is near eps: the eps shapes the output, as in the reference."""
+    torch.manual_seed(1)
+    ours, ref = RMSNorm(48, eps=eps), T5LayerNorm(48, eps=eps)
+    x = torch.randn(3, 7, 48) * scale  # mean square about scale**2
+    out, expected = ours(x), ref(x)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    truth = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + eps)
+    torch.testing.assert_close(out.double(), truth, atol=1e-6, rtol=1e-5)
+    # the eps is visible: the output's root mean square is sqrt(ms / (ms + eps)), not 1
+    mean_square = x.double().pow(2).mean(-1)
+    rms = out.double().pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, (mean_square / (mean_square + eps)).sqrt(), rtol=1e-5, atol=0)
+
+
 def test_rmsnorm_values_and_fp16_overflow() -> None:
     x = torch.full((1, 4), 300.0)
     norm = RMSNorm(4)

@@ -19,6 +19,7 @@ from transformers.generation import logits_process as hf_lp
 from t5mini.attention import T5Attention, causal_bias
 from t5mini.convert import from_hf
 from t5mini.generation import (
+    CACHE_CHUNK,
     KVCache,
     apply_repetition_penalty,
     generate,
@@ -497,14 +498,18 @@ def test_an_empty_batch_gives_an_empty_result(kwargs):
 
 
 def test_extreme_but_valid_penalties_and_temperature_work():
-    _, model = reference_pair(0)
     input_ids, attention_mask = padded_batch(0)
+    hf, model = reference_pair(0)
+    outputs = {}
     for length_penalty in (10.0, -10.0):  # the bounds: |y| ** alpha stays finite
-        out = model.generate(
-            input_ids, attention_mask=attention_mask, max_new_tokens=12, num_beams=3,
-            length_penalty=length_penalty,
-        )  # fmt: skip
-        assert out.shape[0] == 5
+        kwargs = dict(max_new_tokens=12, num_beams=3, length_penalty=length_penalty)
+        expected = hf_generate(hf, input_ids, attention_mask, **kwargs)
+        outputs[length_penalty] = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+        torch.testing.assert_close(outputs[length_penalty], expected, rtol=0, atol=0)
+    # +10 favours long hypotheses, -10 short ones: the returned lengths differ
+    long_ends, short_ends = (eos_steps(outputs[alpha]) for alpha in (10.0, -10.0))
+    assert long_ends != short_ends
+    assert sum(s or 13 for s in long_ends) > sum(s or 13 for s in short_ends)
     # the smallest temperature allowed samples (almost) greedily, without NaN
     greedy = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8)
     cold = model.generate(
@@ -550,14 +555,15 @@ def test_gnmt_length_penalty_uses_its_own_normaliser():
     assert not torch.equal(scores["transformers"], scores["gnmt"])
 
 
-def test_kv_cache_matches_full_causal_attention() -> None:
+@pytest.mark.parametrize("reserve", [CACHE_CHUNK, 2])
+def test_kv_cache_matches_full_causal_attention(reserve: int) -> None:
     torch.manual_seed(2)
     layer = T5Attention(32, 8, 4).eval()
     position = RelativePositionBias(32, 128, 4, bidirectional=False)
     x = torch.randn(2, 9, 32)
     with torch.no_grad():
         full = layer(x, bias=position(9, 9) + causal_bias(9, 9, torch.float32))
-        cache = KVCache(2, 4, max_length=12, d_kv=8)
+        cache = KVCache(2, 4, max_length=12, d_kv=8, reserve=reserve)  # 2: grows 2, 4, 8, 12
         pieces = [
             layer(x[:, :4], bias=position(4, 4) + causal_bias(4, 4, torch.float32), cache=cache)
         ]
@@ -565,7 +571,7 @@ def test_kv_cache_matches_full_causal_attention() -> None:
             pieces.append(
                 layer(x[:, t : t + 1], bias=position(1, t + 1, query_offset=t), cache=cache)
             )
-    assert cache.length == 9 and cache.key.shape == (2, 4, 12, 8)
+    assert cache.length == 9 and cache.key.shape == (2, 4, 12, 8)  # grown to max_length
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-6, rtol=1e-5)
 
 
@@ -599,17 +605,72 @@ class _AllocationAudit(TorchDispatchMode):
         return out
 
 
-def test_init_cache_plans_memory_linear_in_max_length():
+def test_init_cache_allocates_a_chunk_not_max_length():
     _, model = reference_pair(0)
     heads, d_kv, max_length = model.config.num_heads, model.config.d_kv, 4000
     audit = _AllocationAudit()
     with torch.no_grad(), audit:
         cache = init_cache(model, torch.randn(2, 5, 32), None, max_length=max_length)
-    assert cache.bias_by_key.shape == (heads, max_length)
-    assert cache.bias_by_key.numel() == heads * max_length
-    # the largest tensors are the K/V slots, (batch, heads, max_length, d_kv); none is L x L
-    assert max(audit.sizes) == 2 * heads * max_length * d_kv
-    assert max(audit.sizes) < max_length * max_length // 16
+    assert cache.bias_by_key.shape == (heads, CACHE_CHUNK)
+    assert cache.self_attention[0].key.shape == (2, heads, CACHE_CHUNK, d_kv)
+    # the largest tensors are the first chunk of K/V slots; nothing is sized by max_length
+    assert max(audit.sizes) == 2 * heads * CACHE_CHUNK * d_kv
+
+
+def test_the_cache_grows_and_its_logits_stay_right():
+    """Past the first chunk the cache doubles; the stepped logits still match a full pass."""
+    _, model = reference_pair(1)
+    input_ids, attention_mask = padded_batch(1)
+    length = 3 * CACHE_CHUNK
+    decoder_input_ids = torch.randint(
+        2, VOCAB, (5, length), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        states = model.encode(input_ids, attention_mask)
+        full = model.decode(decoder_input_ids, states, attention_mask)
+        cache = init_cache(model, states, attention_mask, max_length=10**6)
+        capacities, steps = [], []
+        for t in range(length):
+            steps.append(
+                model.decode(decoder_input_ids[:, t : t + 1], states, attention_mask, cache)
+            )
+            capacities.append((cache.self_attention[0].capacity, cache.bias_by_key.shape[-1]))
+    assert sorted(set(capacities)) == [
+        (c, c) for c in (CACHE_CHUNK, 2 * CACHE_CHUNK, 4 * CACHE_CHUNK)
+    ]
+    # the truth: the same weights in float64 (as in the test above)
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()
+        truth = exact.decode(
+            decoder_input_ids, exact.encode(input_ids, attention_mask), attention_mask
+        )
+    assert_close_to_truth(
+        torch.cat(steps, 1), full, truth, "grown-cache logits", factor=8.0, steps=64.0
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(num_beams=3, length_penalty=0.6),
+        dict(do_sample=True, top_k=5, min_new_tokens=80),
+    ],
+    ids=["greedy", "beam", "sampling"],
+)
+def test_outputs_longer_than_a_chunk_match_transformers(settings):
+    """Decoding past CACHE_CHUNK tokens widens the cache and the outputs; nothing changes."""
+    hf, model = reference_pair(5, eos_weight=-8.0)  # EOS (almost) never wins
+    input_ids, attention_mask = padded_batch(5)
+    max_new_tokens = CACHE_CHUNK + 20
+    torch.manual_seed(11)
+    expected = hf_generate(hf, input_ids, attention_mask, max_new_tokens=max_new_tokens, **settings)
+    got = model.generate(
+        input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+        generator=torch.Generator().manual_seed(11), **settings,
+    )  # fmt: skip
+    assert got.shape[1] > CACHE_CHUNK + 1  # the premise: the buffers had to grow
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_generation_that_stops_early_never_plans_quadratic_memory():
@@ -620,33 +681,3 @@ def test_generation_that_stops_early_never_plans_quadratic_memory():
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4000)
     assert out.shape[1] < 100  # EOS everywhere long before the limit
     assert max(audit.sizes) < 4000 * 4000 // 16
-
-
-@pytest.mark.parametrize(
-    "variant", [dict(seed=0), dict(seed=3, feed_forward_proj="relu", tied=True)]
-)
-def test_eager_decoding_on_relaid_weights_matches_transformers(variant, monkeypatch):
-    """With every step matrix swapped for its (in, out) copy, the tokens are still transformers'."""
-    from t5mini import generation
-
-    monkeypatch.setattr(
-        generation,
-        "layout_seconds",
-        lambda matrices, rows: {tuple(w.shape): [1.0, 0.0] for w in matrices},
-    )
-    hf, model = reference_pair(**variant)
-    input_ids, attention_mask = padded_batch(variant["seed"])
-    for settings in (dict(), BEAM_SETTINGS[0], dict(do_sample=True, top_k=5)):
-        torch.manual_seed(1234)  # transformers samples from the global generator
-        expected = hf_generate(hf, input_ids, attention_mask, max_new_tokens=10, **settings)
-        got = model.generate(
-            input_ids,
-            attention_mask,
-            max_new_tokens=10,
-            generator=torch.Generator().manual_seed(1234),
-            **settings,
-        )
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    names = generation.step_matrices(model)
-    assert set(generation._relaid[model].copies) == set(names)  # the copies were in use
-    assert all(model.get_parameter(name).is_contiguous() for name in names)  # swapped back

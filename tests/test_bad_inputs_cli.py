@@ -29,13 +29,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from t5mini import cli
 from t5mini.data import read_documents
 from t5mini.training import Trainer
-
-try:
-    from t5mini import cli
-except ImportError:  # t5mini before appendix D: the command line lived in t5mini.pretrain
-    from t5mini import pretrain as cli
 
 SMALL = ["--size", "small", "--batch-size", "4", "--eval-every", "2"]
 
@@ -45,10 +41,7 @@ STOPPING_RUN = """
 import os, signal, sys, time
 from pathlib import Path
 from t5mini.training import Trainer
-try:
-    from t5mini.cli import main
-except ImportError:
-    from t5mini.pretrain import main
+from t5mini.cli import main
 action, at, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 step = Trainer.step
 def stopping_step(self, batch):

@@ -353,9 +353,10 @@ def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) 
     try:
         for name, write in writers.items():
             try:
-                write(staging / name)
-                # the umask's mode, as for any new file (safetensors itself writes 0600)
-                os.chmod(staging / name, staging.stat().st_mode & 0o666)
+                write(staging / name)  # safetensors writes 0600: a replaced file keeps its
+                old = directory / name  # own mode, a new one gets the umask's
+                mode = old.stat().st_mode if old.is_file() else staging.stat().st_mode & 0o666
+                os.chmod(staging / name, mode & 0o7777)
                 _fsync(staging / name)
             except (OSError, SafetensorError) as error:
                 what = f"could not write {directory / name} (the old files are kept)"
@@ -369,9 +370,8 @@ def _write_files(directory: Path, writers: Mapping[str, Callable[[Path], Any]]) 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync(directory)
-    if created:
-        _fsync(directory.parent)
+    for synced in (directory, directory.parent) if created else (directory,):
+        _fsync(synced)
 
 
 def _read_json(path: Path) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -231,38 +232,39 @@ def test_a_refusal_that_is_not_an_io_error_keeps_its_type(tmp_path: Path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-_AS_NOBODY = """
-import os, sys
-os.setgid(65534); os.setgroups([]); os.setuid(65534)
-"""
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_replaced_file_keeps_its_permissions(saved: Path, tmp_path: Path) -> None:
+    (saved / "config.json").chmod(0o600)
+    (saved / "model.safetensors").chmod(0o640)
+    save_pretrained(_model(seed=1), saved)
+    assert (saved / "config.json").stat().st_mode & 0o7777 == 0o600
+    assert (saved / "model.safetensors").stat().st_mode & 0o7777 == 0o640
+    (tmp_path / "plain").write_text("x")  # a new file gets the umask's mode, as any new file
+    fresh = save_pretrained(_model(), tmp_path / "fresh")
+    for name in ("config.json", "model.safetensors"):
+        assert (fresh / name).stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix that runs without root's power to ignore permissions (or a skip)."""
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")  # root keeps its uid but loses the DAC override
+    if setpriv is None:
+        pytest.skip("running as root, and no setpriv to drop the permission override")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
 
 
 def _run_unprivileged(script: str) -> subprocess.CompletedProcess:
-    """Run ``script`` as a user without root's power to ignore permissions."""
-    prefix = _AS_NOBODY if os.geteuid() == 0 else ""
+    """Run ``script`` in a Python that file permissions apply to."""
     return subprocess.run(
-        [sys.executable, "-c", prefix + textwrap.dedent(script)],
+        [*_unprivileged(), sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
-
-
-@pytest.fixture
-def shared_tmp(tmp_path: Path) -> Path:
-    """A directory another user can use: as root, the tests drop to 'nobody'."""
-    if os.name != "posix":
-        pytest.skip("POSIX permissions")
-    if os.geteuid() == 0:
-        probe = _run_unprivileged(f"import t5mini; print(os.access({str(ROOT)!r}, os.R_OK))")
-        if probe.returncode != 0 or probe.stdout.strip() != "True":
-            pytest.skip("running as root and cannot drop to 'nobody' to test permissions")
-    for parent in [tmp_path, *tmp_path.parents]:
-        if parent == Path(parent.anchor):
-            break
-        parent.chmod(parent.stat().st_mode | 0o711)  # others may pass through
-    tmp_path.chmod(0o777)
-    return tmp_path
 
 
 _SAVE = """
@@ -279,8 +281,8 @@ except PermissionError as error:
 """
 
 
-def test_a_read_only_directory_is_named_and_kept(shared_tmp: Path) -> None:
-    target = save_pretrained(_model(), shared_tmp / "m")
+def test_a_read_only_directory_is_named_and_kept(tmp_path: Path) -> None:
+    target = save_pretrained(_model(), tmp_path / "m")
     target.chmod(0o555)
     before = _files(target)
     result = _run_unprivileged(_SAVE.format(config=CONFIG, target=str(target)))
@@ -290,12 +292,9 @@ def test_a_read_only_directory_is_named_and_kept(shared_tmp: Path) -> None:
     assert _files(target) == before
 
 
-def test_a_writable_directory_in_a_read_only_parent_is_saved(shared_tmp: Path) -> None:
-    parent = shared_tmp / "parent"
+def test_a_writable_directory_in_a_read_only_parent_is_saved(tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
     target = save_pretrained(_model(), parent / "m")
-    target.chmod(0o777)
-    for name in ("config.json", "model.safetensors"):
-        (target / name).chmod(0o666)
     parent.chmod(0o555)
     result = _run_unprivileged(_SAVE.format(config=CONFIG, target=str(target)))
     assert result.returncode == 0, result.stderr

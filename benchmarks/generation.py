@@ -2,9 +2,9 @@
 
 Both sides decode greedily, batch 1, a 64-token source, 128 new tokens, with and without
 the KV cache, for the `tiny` preset's shape and for t5-small's. t5mini also decodes with
-`compile=True` (its static-shape step through torch.compile, which on the CPU multiplies
-by copies of the matrices in whichever layout streamed faster for their shape), and once
-more with inductor's freezing (weights folded into the compiled code as constants, so that
+`compile=True` (t5mini.compiled's static-shape step through torch.compile, which on the
+CPU at batch 1 multiplies the matrices with more outputs than inputs through (in, out)
+copies: the `weight_layout="auto"` rule), and once more with inductor's freezing (weights folded into the compiled code as constants, so that
 it may prepack them into another layout); the seconds each spends compiling are reported.
 Both must do the same work, so the EOS row of the head is zeroed on both (its logit is then
 0, below the maximum of thousands of random logits), every run is checked to produce all
@@ -15,7 +15,7 @@ disturbs them alike.
 Also timed: the floor that no decoding loop can beat, a loop doing nothing but each step's
 matrix-vector products with the model's weights (at batch 1 a step streams every decoder
 weight from memory once), three times: in nn.Linear's (out, in) layout, every matrix
-transposed to (in, out), and each in the layout the compiled step chose. Every contender
+transposed to (in, out), and each in the layout the compiled step's rule chose. Every contender
 is reported as a ratio to transformers (with the cache) and as the fraction of each floor
 it reaches. Prints JSON; the goals (tiny shape: compiled at least 2.5x transformers, eager
 at least 1.2x) are ratios measured in the same run.
@@ -28,19 +28,17 @@ at least 1.2x) are ratios measured in the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
-import sys
 import time
 
 import torch
 import torch._inductor.config
 import transformers
 
+from t5mini.compiled import _compiled_steps, step_matrices, transposed_copy
 from t5mini.config import T5Config
 from t5mini.convert import config_to_hf, from_hf
-from t5mini.generation import _compiled_steps, step_matrices, transposed_copy
 
 SHAPES = ("tiny", "t5-small")  # t5mini presets, so the benchmark follows their shapes
 GOALS = {"t5mini_compiled": 2.5, "t5mini_eager": 1.2}  # tok/s over transformers', tiny
@@ -79,8 +77,8 @@ def matmul_floor(model, new_tokens: int, layout: str):
 
     The matrices are those a cached step multiplies by (`step_matrices`), stored as
     `layout` says: "out_in" as `nn.Linear` keeps them; "in_out" every one as a contiguous
-    (in, out) copy; "compiled_step" as the model's compiled step holds them, each shape in
-    the layout it measured to stream faster (`RelaidWeights`).
+    (in, out) copy; "compiled_step" as the model's compiled step holds them, each matrix in
+    the layout its rule chose (`transposed_matrices`).
     """
     names = step_matrices(model)
     weights = [model.get_parameter(name).detach() for name in names]
@@ -88,7 +86,7 @@ def matmul_floor(model, new_tokens: int, layout: str):
         weights = [transposed_copy(w) for w in weights]
     elif layout == "compiled_step":
         step = next(reversed(_compiled_steps[model].values()))  # the one just compiled
-        weights = [step.weights.get(name, w) for name, w in zip(names, weights)]
+        weights = [step.static.weights.get(name, w) for name, w in zip(names, weights)]
     inputs = [torch.randn(1, w.shape[1]) for w in weights]
 
     def run() -> None:
@@ -100,9 +98,9 @@ def matmul_floor(model, new_tokens: int, layout: str):
 
 
 def compile_and_time(model, input_ids, new_tokens: int, freezing: bool) -> float:
-    """Seconds of the first `compile=True` call (compilation and warm-up); its message to stderr."""
+    """Seconds of the first `compile=True` call (compilation and warm-up)."""
     started = time.perf_counter()
-    with torch._inductor.config.patch(freezing=freezing), contextlib.redirect_stdout(sys.stderr):
+    with torch._inductor.config.patch(freezing=freezing):
         model.generate(input_ids, max_new_tokens=new_tokens, compile=True)
     return time.perf_counter() - started
 

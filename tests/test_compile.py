@@ -1,28 +1,33 @@
-"""generate(..., compile=True): the static-shape step gives the tokens of eager decoding.
+"""generate(..., compile=True): the static-shape step of t5mini.compiled gives eager's tokens.
 
 Compiling costs seconds per shape, so the tests share compiled steps: each model and shape
-is compiled once (the step is cached on the model) and reused by every test that follows.
+is compiled once (the step is kept with the model) and reused by every test that follows.
 The static step's logic is also checked uncompiled, which is cheap.
 """
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from t5mini import generation
-from t5mini.generation import (
+from t5mini import compiled
+from t5mini.compiled import (
     MAX_COMPILED_STEPS,
     SHAPE_MULTIPLE,
-    RelaidWeights,
+    TRANSPOSED_MAX_ROWS,
     StaticDecoderStep,
     _compiled_steps,
-    init_cache,
+    batch_bucket,
+    compiled_generate,
     layout_seconds,
-    relaid_weights,
+    reset_static_step,
     step_matrices,
+    transposed_matrices,
 )
+from t5mini.decoding import DecoderStepper, GenerationSettings
 from tests.test_generation import EOS, padded_batch, reference_pair
 
 
@@ -33,29 +38,31 @@ def pair():
     return model, *padded_batch(0)
 
 
-def test_static_step_uncompiled_equals_the_cached_decoder(pair):
-    model, input_ids, attention_mask = pair
-    decoder_input_ids = torch.randint(2, 90, (5, 7), generator=torch.Generator().manual_seed(3))
+def compiled_tokens(model, input_ids, attention_mask, weight_layout="auto", **kwargs):
+    """`generate(..., compile=True)` with a chosen weight layout: what generate prepares."""
+    settings = GenerationSettings(**kwargs)
     with torch.no_grad():
         states = model.encode(input_ids, attention_mask)
-        cache = init_cache(model, states, attention_mask, max_length=9)
-        step = StaticDecoderStep(model, 5, input_ids.shape[1], max_length=9)
-        for (key, value), (new_key, new_value) in zip(step.cross_attention, cache.cross_attention):
-            key.copy_(new_key)
-            value.copy_(new_value)
-        step.cross_bias.copy_(cache.cross_bias)
-        step.bias_by_key.copy_(cache.bias_by_key)
+    start = torch.zeros(states.shape[0], 1, dtype=torch.long)
+    return compiled_generate(model, states, attention_mask, start, settings, None, weight_layout)
+
+
+def test_static_step_uncompiled_equals_the_cached_decoder(pair):
+    model, input_ids, attention_mask = pair
+    tokens = torch.randint(2, 90, (5, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        states = model.encode(input_ids, attention_mask)
+        eager = DecoderStepper(model, states, attention_mask, max_length=8)
+        step = StaticDecoderStep(model, 8, 16, max_length=16)  # larger than needed: masked
+        reset_static_step(step, model, states, attention_mask, tokens[:, :1])
         for t in range(7):
             step.position.fill_(t)
-            # the bias of one query at t: DecoderCache's slice, then masked slots after t
-            expected_bias = cache.self_bias(1)  # (1, heads, 1, t + 1)
             bias = step.self_bias()  # (1, heads, 1, max_length)
-            torch.testing.assert_close(bias[..., : t + 1], expected_bias, rtol=0, atol=0)
-            assert (bias[..., t + 1 :] == torch.finfo(bias.dtype).min).all()
-            expected = model.decode(decoder_input_ids[:, t : t + 1], states, attention_mask, cache)
-            got = step.forward(model, decoder_input_ids[:, t : t + 1])
+            assert (bias[..., t + 1 :] == torch.finfo(bias.dtype).min).all()  # later slots
+            expected = eager(tokens[:, : t + 1])  # (5, vocab)
+            got = step(torch.cat([tokens[:, t : t + 1], torch.zeros(3, 1, dtype=torch.long)]))
             scale = expected.abs().max().item()
-            torch.testing.assert_close(got, expected[:, -1], rtol=1e-5, atol=1e-5 * scale)
+            torch.testing.assert_close(got[:5], expected, rtol=1e-5, atol=1e-5 * scale)
 
 
 def _unique_graphs() -> int:
@@ -75,20 +82,21 @@ def test_compiled_greedy_and_sampling_equal_eager(pair):
         eager = model.generate(
             input_ids, attention_mask, generator=torch.Generator().manual_seed(5), **kwargs
         )
-        compiled = model.generate(
+        compiled_ids = model.generate(
             input_ids, attention_mask, compile=True,
             generator=torch.Generator().manual_seed(5), **kwargs,
         )  # fmt: skip
-        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
     assert len(_compiled_steps[model]) == 1  # one shape: compiled once, reused
-    assert _unique_graphs() - graphs <= 2  # greedy_step and forward: no new graph per step
+    assert _unique_graphs() - graphs <= 2  # greedy_step and the step: no new graph per step
     # the premise: some rows stopped at EOS, so padding and stopping were exercised
-    assert (compiled == EOS).any()
+    assert (compiled_ids == EOS).any()
     # rows that all stop early: the compiled greedy search ends and trims as eager does
     eager = model.generate(input_ids[:2], attention_mask[:2], max_new_tokens=10)
-    compiled = model.generate(input_ids[:2], attention_mask[:2], max_new_tokens=10, compile=True)
+    compiled_ids = model.generate(input_ids[:2], attention_mask[:2], max_new_tokens=10,
+                                  compile=True)  # fmt: skip
     assert eager.shape[1] < 11 and (eager == EOS).any(dim=1).all()
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
 
 
 def test_compiled_beam_search_equals_eager(pair):
@@ -104,13 +112,26 @@ def test_compiled_beam_search_equals_eager(pair):
             input_ids, attention_mask, max_new_tokens=10,
             generator=torch.Generator().manual_seed(2), **kwargs,
         )  # fmt: skip
-        compiled = model.generate(
+        compiled_ids = model.generate(
             input_ids, attention_mask, max_new_tokens=10, compile=True,
             generator=torch.Generator().manual_seed(2), **kwargs,
         )  # fmt: skip
-        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
-    # greedy's shape, the early stop's (batch 2) and the beams' (batch * 3)
-    assert len(_compiled_steps[model]) == 3
+        torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
+    # batches 5 and 2, and 5 x 3 beams: buckets of 8, 2 and 16 rows
+    assert sorted(key[0] for key in _compiled_steps[model]) == [2, 8, 16]
+
+
+def test_batch_sizes_share_a_power_of_two_bucket():
+    """Batches of 3 and 4 rows share one compiled step of 4 rows; each gets eager's tokens."""
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 16]
+    _, model = reference_pair(6)
+    input_ids, attention_mask = padded_batch(6, batch_size=4)
+    for rows in (3, 4, 3):
+        eager = model.generate(input_ids[:rows], attention_mask[:rows], max_new_tokens=6)
+        compiled_ids = model.generate(input_ids[:rows], attention_mask[:rows], max_new_tokens=6,
+                                      compile=True)  # fmt: skip
+        torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
+    assert [key[0] for key in _compiled_steps[model]] == [4]
 
 
 def test_compiled_unequal_depths_tied_head_padded_batch():
@@ -119,13 +140,13 @@ def test_compiled_unequal_depths_tied_head_padded_batch():
                               tied=True, eos_weight=2.0)  # fmt: skip
     input_ids, attention_mask = padded_batch(2, batch_size=4, src_len=7)
     eager = model.generate(input_ids, attention_mask, max_new_tokens=8)
-    compiled = model.generate(input_ids, attention_mask, max_new_tokens=8, compile=True)
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    compiled_ids = model.generate(input_ids, attention_mask, max_new_tokens=8, compile=True)
+    torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
     # a second call with other inputs of the same shape reuses the step, reset
     other_ids, other_mask = padded_batch(5, batch_size=4, src_len=7)
     eager = model.generate(other_ids, other_mask, max_new_tokens=8)
-    compiled = model.generate(other_ids, other_mask, max_new_tokens=8, compile=True)
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    compiled_ids = model.generate(other_ids, other_mask, max_new_tokens=8, compile=True)
+    torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
     assert len(_compiled_steps[model]) == 1
 
 
@@ -135,23 +156,23 @@ def test_two_models_of_one_shape_each_decode_with_their_own_weights(pair):
     _, other = reference_pair(7)
     for owner in (other, model):
         eager = owner.generate(input_ids, attention_mask, max_new_tokens=10)
-        compiled = owner.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
-        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        compiled_ids = owner.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
+        torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
     assert not torch.equal(other.generate(input_ids, attention_mask, max_new_tokens=10), eager)
 
 
 def test_many_shapes_compile_without_hitting_dynamo_limits():
-    """Each stepper has its own code object: no shape competes for dynamo's 8 graphs per code."""
+    """Each stepper has its own code object: no shape competes for dynamo's graphs per code."""
     _, model = reference_pair(3, num_layers=1)
     input_ids, attention_mask = padded_batch(3, batch_size=2, src_len=5)
     limit = torch._dynamo.config.recompile_limit
     lengths = [SHAPE_MULTIPLE * k for k in range(1, limit + 2)]  # one bucket per length
     for max_new_tokens in lengths:  # one shape more than a code object may hold
         eager = model.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens)
-        compiled = model.generate(
+        compiled_ids = model.generate(
             input_ids, attention_mask, max_new_tokens=max_new_tokens, compile=True
         )
-        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
     steps = _compiled_steps[model]
     assert len(steps) == MAX_COMPILED_STEPS  # the oldest shapes were dropped
     kept = [key[2] for key in steps]  # max_length, rounded up, oldest first
@@ -166,9 +187,10 @@ def test_lengths_in_one_bucket_share_a_step_and_decode_as_eager():
         input_ids, attention_mask = padded_batch(src_len, batch_size=3, src_len=src_len)
         for mask in (attention_mask, None):
             eager = model.generate(input_ids, mask, max_new_tokens=max_new_tokens)
-            compiled = model.generate(input_ids, mask, max_new_tokens=max_new_tokens, compile=True)
-            torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
-    assert list(_compiled_steps[model]) == [(3, 16, 16, torch.float32, torch.device("cpu"))]
+            compiled_ids = model.generate(input_ids, mask, max_new_tokens=max_new_tokens,
+                                          compile=True)  # fmt: skip
+            torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
+    assert [key[:3] for key in _compiled_steps[model]] == [(4, 16, 16)]
 
 
 def test_a_change_to_the_model_between_searches_is_seen(pair):
@@ -180,22 +202,57 @@ def test_a_change_to_the_model_between_searches_is_seen(pair):
     try:
         norm.eps = 1e6  # a module attribute the compiled graph read as a constant
         eager = model.generate(input_ids, attention_mask, max_new_tokens=10)
-        compiled = model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
-        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
-        assert not torch.equal(compiled, before)  # the premise: the change changes the tokens
+        compiled_ids = model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
+        torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
+        assert not torch.equal(compiled_ids, before)  # the premise: the change changes the tokens
     finally:
         norm.eps = old_eps
     again = model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
     torch.testing.assert_close(again, before, rtol=0, atol=0)
 
 
-def _all_faster_transposed(monkeypatch) -> None:
-    """Make every shape's (in, out) copy the faster, so that the copies are surely used."""
+def test_the_model_keeps_sdpa_and_the_compiled_cpu_step_traces_plain_attention(pair):
+    model, input_ids, attention_mask = pair
+    model.generate(input_ids, attention_mask, max_new_tokens=10, compile=True)
+    layers = [m for m in model.modules() if hasattr(m, "implementation")]
+    assert {layer.implementation for layer in layers} == {"sdpa"}  # set back after tracing
+    seen = []
+    with compiled.plain_attention(model.decoder):
+        seen = {m.implementation for m in model.decoder.modules() if hasattr(m, "implementation")}
+    assert seen == {"eager"}
+
+
+# --- weight layouts: a rule, overridable; a timing only when asked for by name -------------
+
+
+def test_the_auto_layout_is_a_rule_on_shape_rows_and_device(pair, monkeypatch):
+    model, _, _ = pair
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the rule must not time anything")
+
+    monkeypatch.setattr(compiled, "layout_seconds", no_timing)
+    names = step_matrices(model)
+    wide = [n for n in names if model.get_parameter(n).shape[0] > model.get_parameter(n).shape[1]]
+    assert wide and len(wide) < len(names)  # the premise: both kinds of matrix
+    for rows in range(1, TRANSPOSED_MAX_ROWS + 1):
+        assert transposed_matrices(model, rows) == wide
+    assert transposed_matrices(model, TRANSPOSED_MAX_ROWS + 1) == []
+    assert transposed_matrices(model, 1, "model") == []
+    assert transposed_matrices(model, 8, "transposed") == names
+    with pytest.raises(ValueError, match="weight_layout"):
+        transposed_matrices(model, 1, "fastest")
+
+
+def test_autotune_copies_what_measured_clearly_faster(pair, monkeypatch):
+    model, _, _ = pair
+    head = tuple(model.lm_head.weight.shape)
     monkeypatch.setattr(
-        generation,
-        "layout_seconds",
-        lambda matrices, rows: {tuple(w.shape): [1.0, 0.0] for w in matrices},
-    )
+        compiled, "layout_seconds",
+        lambda matrices, rows: {tuple(w.shape): [1.0, 0.1 if tuple(w.shape) == head else 1.0]
+                                for w in matrices},
+    )  # fmt: skip
+    assert transposed_matrices(model, 4, "autotune") == ["lm_head.weight"]
 
 
 def test_layout_seconds_times_both_layouts_of_every_shape(pair):
@@ -208,46 +265,53 @@ def test_layout_seconds_times_both_layouts_of_every_shape(pair):
     assert all(len(pair_) == 2 and min(pair_) > 0 for pair_ in seconds.values())
 
 
-def test_relaid_copies_follow_in_place_changes_and_replacements(pair, monkeypatch):
-    model, _, _ = pair
-    _all_faster_transposed(monkeypatch)
-    relaid = RelaidWeights(model, rows=1)
-    assert set(relaid.copies) == set(step_matrices(model))
-    name = "decoder.blocks.0.self_attention.q.weight"
-    copy, weight = relaid.copies[name], model.get_parameter(name)
-    assert copy.stride() == (1, copy.shape[0])  # stored (in, out)
-    torch.testing.assert_close(copy, weight.detach(), rtol=0, atol=0)
-    original = weight.detach().clone()
-    try:
-        with torch.no_grad():
-            weight.mul_(2.0)  # in place, as an optimiser does: the version counter moves
-        relaid.refresh(model)
-        torch.testing.assert_close(copy, weight.detach(), rtol=0, atol=0)
-        module = model.decoder.blocks[0].self_attention.q
-        module.weight = torch.nn.Parameter(-original)  # replaced, as load_state_dict(assign=True)
-        relaid.refresh(model)
-        torch.testing.assert_close(copy, -original, rtol=0, atol=0)
-    finally:
-        model.decoder.blocks[0].self_attention.q.weight = weight
-        with torch.no_grad():
-            weight.copy_(original)
-
-
-def test_compiled_step_on_relaid_weights_sees_a_trained_model(monkeypatch):
-    """With every matrix relaid, compiled = eager, before and after an in-place update."""
-    _all_faster_transposed(monkeypatch)
+@pytest.mark.parametrize("layout", ["transposed", "auto"])
+def test_compiled_step_follows_weights_edited_in_place(layout):
+    """Copies refilled at every search: in-place updates, even through .data, are followed."""
     _, model = reference_pair(1)
-    input_ids, attention_mask = padded_batch(1)
+    input_ids, attention_mask = padded_batch(1, batch_size=1)  # one row: "auto" copies too
+    head = model.lm_head.weight
     tokens = []
-    for _ in range(2):
+    for edit in (None, lambda: head.data.mul_(-1), lambda: head.data.copy_(head.data.roll(1, 0))):
+        if edit is not None:
+            edit()  # no version counter moves
         eager = model.generate(input_ids, attention_mask, max_new_tokens=8)
-        compiled = model.generate(input_ids, attention_mask, max_new_tokens=8, compile=True)
-        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        compiled_ids = compiled_tokens(model, input_ids, attention_mask, layout, max_new_tokens=8)
+        torch.testing.assert_close(compiled_ids, eager, rtol=0, atol=0)
         (step,) = _compiled_steps[model].values()
-        assert len(step.weights) == len(step_matrices(model))  # the copies were in use
-        assert step.weights is relaid_weights(model).copies  # one set per model, shared
-        tokens.append(compiled)
-        with torch.no_grad():  # an update in place, as an optimiser's step
-            for name in step_matrices(model):
-                model.get_parameter(name).mul_(-0.5)
-    assert not torch.equal(tokens[0], tokens[1])  # the premise: the update changed the tokens
+        assert "lm_head.weight" in step.static.weights  # the premise: copies in use
+        tokens.append(compiled_ids)
+    assert not torch.equal(tokens[0], tokens[1]) and not torch.equal(tokens[1], tokens[2])
+
+
+def test_inference_mode_then_a_weight_update_then_generate_again(pair):
+    """Buffers and copies are ordinary tensors whatever mode made them."""
+    _, model = reference_pair(8)
+    input_ids, attention_mask = padded_batch(8, batch_size=1)
+    with torch.inference_mode():
+        first = model.generate(input_ids, attention_mask, max_new_tokens=6, compile=True)
+    (step,) = _compiled_steps[model].values()
+    assert not any(t.is_inference() for t in step.static.static_tensors())
+    assert not any(t.is_inference() for t in step.static.weights.values())
+    with torch.no_grad():  # an optimiser's update, in place
+        for param in model.parameters():
+            param.mul_(0.9)
+    eager = model.generate(input_ids, attention_mask, max_new_tokens=6)
+    again = model.generate(input_ids, attention_mask, max_new_tokens=6, compile=True)
+    torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    assert first.shape[0] == again.shape[0]
+
+
+def test_compiling_logs_and_prints_nothing(capsys, caplog):
+    _, model = reference_pair(9, num_layers=1)
+    input_ids, attention_mask = padded_batch(9, batch_size=1)
+    with caplog.at_level(logging.INFO, logger="t5mini.compiled"):
+        model.generate(input_ids, attention_mask, max_new_tokens=4, compile=True)
+    assert capsys.readouterr().out == ""
+    assert any("compiled the greedy step" in record.getMessage() for record in caplog.records)
+
+
+def test_a_static_cache_too_large_names_max_new_tokens(pair):
+    model, _, _ = pair
+    with pytest.raises(MemoryError, match="max_new_tokens"):
+        StaticDecoderStep(model, batch_size=1, src_len=16, max_length=10**15)

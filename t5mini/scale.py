@@ -101,6 +101,8 @@ class Trainer(TrainingStep):
         max_skipped_steps: int = 20,
     ) -> None:
         """As `TrainingStep`; `compile=True` compiles the loss; at most `max_skipped_steps`."""
+        check_bool("compile", compile)
+        check_int("max_skipped_steps", max_skipped_steps, 0)
         super().__init__(
             model,
             optimizer,
@@ -110,8 +112,6 @@ class Trainer(TrainingStep):
             precision=precision,
             gradient_checkpointing=gradient_checkpointing,
         )
-        check_bool("compile", compile)
-        check_int("max_skipped_steps", max_skipped_steps, 0)
         self.rank, self.world_size = process_group()
         self.ddp, self.forward = wrap_model(model, self.device, compile)  # DDP: None in one process
         self.non_finite = NonFiniteSteps(max_skipped_steps, model)
@@ -243,7 +243,8 @@ def _remove_stale_temporaries(path: Path) -> None:
 def _write_error(error: Exception, path: Path) -> Exception:
     """The error to raise when writing `path` failed: an OSError names the path and the cause."""
     if isinstance(error, OSError):  # a full disk (ENOSPC), a file-size limit (EFBIG), ...
-        return OSError(error.errno, f"{path} was not written: {error.strerror or error}")
+        message = f"{path} was not written: {error.strerror or error}"
+        return OSError(error.errno, message) if error.errno else OSError(message)
     if "inline_container" in str(error):  # torch.save's writer: a short write, same causes
         return OSError(
             errno.EIO,

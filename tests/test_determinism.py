@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t5mini import T5ForConditionalGeneration
-from tests.test_generation import padded_batch, reference_pair
+from t5mini import T5Config, T5ForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,9 +30,32 @@ SETTINGS = {
 }
 
 
+def lively_model(seed: int = 3) -> T5ForConditionalGeneration:
+    """A small T5 with large random weights and a likely EOS (no transformers needed)."""
+    config = T5Config(
+        vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0.0, 1.0)
+        model.decoder.final_norm.weight[0] = 5.0
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[1, 0] = 1.5
+    return model
+
+
 def decode_all(model) -> dict[str, torch.Tensor]:
     """Greedy, beam and sampled outputs of `model` on a fixed padded batch."""
-    input_ids, attention_mask = padded_batch(3)
+    gen = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(2, 96, (5, 9), generator=gen)
+    lengths = torch.tensor([9, 7, 3, 5, 1])
+    attention_mask = (torch.arange(9)[None, :] < lengths[:, None]).long()
+    input_ids = input_ids * attention_mask
     return {
         name: model.generate(
             input_ids,
@@ -49,10 +71,9 @@ def test_two_fresh_processes_give_bitwise_equal_outputs():
     script = textwrap.dedent(
         """
         import torch
-        from tests.test_determinism import decode_all
-        from tests.test_generation import reference_pair
+        from tests.test_determinism import decode_all, lively_model
 
-        _, model = reference_pair(3)
+        model = lively_model()
         for name, ids in decode_all(model).items():
             print(name, ids.tolist())
         """
@@ -74,7 +95,7 @@ def test_two_fresh_processes_give_bitwise_equal_outputs():
     lines = runs[0].splitlines()
     assert [line.split()[0] for line in lines] == list(SETTINGS)
     # and the same as this process
-    _, model = reference_pair(3)
+    model = lively_model()
     here = [f"{name} {ids.tolist()}" for name, ids in decode_all(model).items()]
     assert lines == here
 
@@ -113,9 +134,9 @@ def test_the_stand_ins_do_fail(monkeypatch):
 
 
 def test_plain_generate_reads_no_clock_and_calls_no_private_api(monkeypatch):
-    _, model = reference_pair(3)
+    model = lively_model()
     expected = decode_all(model)
-    fresh_model = reference_pair(3)[1]  # no state left from an earlier call
+    fresh_model = lively_model()  # no state left from an earlier call
     with no_clocks_no_private_api(monkeypatch):
         got = decode_all(fresh_model)
         again = decode_all(model)
@@ -126,7 +147,7 @@ def test_plain_generate_reads_no_clock_and_calls_no_private_api(monkeypatch):
 
 @pytest.mark.parametrize("edit", ["mul_(-1)", "copy_(noise)", "no_grad add_"])
 def test_generate_follows_weights_edited_in_place(edit):
-    _, model = reference_pair(3)
+    model = lively_model()
     before = decode_all(model)  # a first call: anything it might keep is kept now
     noise = torch.Generator().manual_seed(9)
     for param in model.parameters():

@@ -20,7 +20,7 @@ def mask_value(dtype: torch.dtype) -> float:
 
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A ``(batch, key_len)`` mask of 1 (keep) / 0 (pad) as an additive ``(batch, 1, 1, key_len)`` bias."""
+    """A (batch, key_len) mask of 1 (keep) / 0 (pad) as an additive (batch, 1, 1, key_len) bias."""
     if not isinstance(attention_mask, torch.Tensor):
         raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
     if attention_mask.dim() != 2:
@@ -38,7 +38,7 @@ def causal_bias(
     device: torch.device | str | None = None,
     query_offset: int = 0,
 ) -> torch.Tensor:
-    """An additive ``(1, 1, query_len, key_len)`` bias letting query ``query_offset + i`` see keys ``<= it``."""
+    """An additive (1, 1, query_len, key_len) bias: query ``query_offset + i`` sees keys <= it."""
     query_position = torch.arange(query_offset, query_offset + query_len, device=device)
     key_position = torch.arange(key_len, device=device)
     future = key_position[None, :] > query_position[:, None]  # (query_len, key_len)
@@ -72,7 +72,7 @@ def sdpa_attention(
     bias: torch.Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """The same computation through ``F.scaled_dot_product_attention`` (float mask, ``scale=1.0``)."""
+    """The same computation through ``F.scaled_dot_product_attention`` (float mask, scale 1)."""
     if bias is not None and bias.dtype != query.dtype:
         bias = bias.to(query.dtype)
     return F.scaled_dot_product_attention(
@@ -129,7 +129,7 @@ class T5Attention(nn.Module):
         cache: Any | None = None,
         key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Attend from ``hidden_states`` (batch, query_len, d_model) to itself or ``key_value_states``."""
+        """Attend from ``hidden_states`` (batch, query_len, d_model) to itself or another."""
         query = split_heads(self.q(hidden_states), self.num_heads)  # (batch, heads, len, d_kv)
         if key_value is not None:  # precomputed (cross-attention while decoding)
             key, value = key_value

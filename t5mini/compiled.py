@@ -210,7 +210,7 @@ def compile_step(function: Callable, on_cuda: bool) -> Callable:
 
 
 def step_matrices(model: Any) -> list[str]:
-    """Names of the matrices a cached step multiplies by: the decoder's (cross K/V aside), the head."""
+    """Names of the matrices a cached step multiplies by: the decoder's (cross K/V aside), head."""
     cross_key_value = ("cross_attention.k", "cross_attention.v")  # applied once per search
     names = [
         f"{name}.weight"

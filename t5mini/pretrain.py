@@ -83,7 +83,7 @@ def pretrain_settings(size: str | None = None) -> PretrainSettings:
         warmup_steps=100,
         base_lr=0.02,
         log_every=100,
-        eval_every=100,
+        eval_every=50,
     )
 
 
@@ -127,8 +127,8 @@ def _as_document(document: Any, eos_id: int) -> torch.Tensor:
     return ids
 
 
-class PretrainingBatches:
-    """An endless stream of span-corrupted batches that can stop and resume exactly."""
+class _BatchStream:
+    """An endless stream of span-corrupted batches, the documents reshuffled every pass."""
 
     def __init__(
         self,
@@ -162,7 +162,7 @@ class PretrainingBatches:
             )
         self.index = 0  # batches taken from this pass
 
-    def __iter__(self) -> PretrainingBatches:
+    def __iter__(self) -> _BatchStream:
         """The stream is its own iterator."""
         return self
 
@@ -176,6 +176,10 @@ class PretrainingBatches:
         self.index += 1
         batch = self.collator(block.view(self.batch_size, -1))  # rows of raw_length tokens
         return {key: value.tensor_split(self.world_size)[self.rank] for key, value in batch.items()}
+
+
+class PretrainingBatches(_BatchStream):
+    """An endless stream of span-corrupted batches that can stop and resume exactly."""
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream is: the pass, the batches taken from it, both generators."""

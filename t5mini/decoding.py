@@ -246,7 +246,7 @@ def apply_repetition_penalty(scores: Tensor, sequences: Tensor, penalty: float) 
 def process_scores(
     scores: Tensor, sequences: Tensor, settings: GenerationSettings, eos_token_id: int
 ) -> Tensor:
-    """The penalties every search applies: repetition penalty, then no EOS before `min_new_tokens`."""
+    """The penalties of every search: repetition penalty, no EOS before `min_new_tokens`."""
     if settings.repetition_penalty != 1.0:
         scores = apply_repetition_penalty(scores, sequences, settings.repetition_penalty)
     if sequences.shape[1] - 1 < settings.min_new_tokens:  # the start token is not new

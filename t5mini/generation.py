@@ -107,7 +107,7 @@ def keep_best_finished(
     length: int,
     is_new: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Merge new finished hypotheses into (sequences, scores, lengths, is_finished); keep the best."""
+    """Merge new finished hypotheses into (sequences, scores, lengths, is_finished): the best."""
     sequences, scores, lengths, is_finished = finished
     num_beams = scores.shape[1]
     merged_scores = torch.cat([scores, candidate_scores], dim=1)
@@ -254,9 +254,8 @@ def beam_search(
         if on_step is not None:
             on_step(beam_step(cur_len, running, running_scores, parents, finished, eos_token_id))
         # 4. stop when no example can improve, or every example is full (early stopping)
-        can_improve &= can_still_improve(
-            running_scores, finished, cur_len + 1, max_length, settings
-        )
+        bound = can_still_improve(running_scores, finished, cur_len + 1, max_length, settings)
+        can_improve &= bound
         all_full = finished[3].all() & (settings.early_stopping is True)
         if not (can_improve.any() & ~all_full & ~done.all()):
             break

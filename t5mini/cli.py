@@ -217,7 +217,9 @@ def _lock(path: Path) -> int:
         except FileNotFoundError:  # the directory was removed just now: make it again
             continue
         if not _try_lock(descriptor):
-            holder = os.read(descriptor, 200).decode(errors="replace").strip()
+            holder = ""
+            with contextlib.suppress(OSError):  # the holder's "process N on HOST"
+                holder = os.read(descriptor, 200).decode(errors="replace").strip()
             os.close(descriptor)
             raise UsageError(
                 f"--output-dir {path.parent} is in use by another run ({holder or 'starting'}); "
@@ -241,7 +243,10 @@ def hold_output_dir(output_dir: Path) -> Iterator[Path]:
     try:
         for stale in output_dir.iterdir():  # left by a run that was killed: none is live
             if TEMPORARY.fullmatch(stale.name):
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
         yield output_dir
     finally:
         if created and [p.name for p in output_dir.iterdir()] == [LOCK_NAME]:
@@ -253,22 +258,24 @@ def hold_output_dir(output_dir: Path) -> Iterator[Path]:
 def _undecodable(path: Path) -> str:
     """A message naming the first byte of `path` (a .gz file: of its text) that is not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    position, line = 0, 1  # the offset of the next chunk in the file, the current line
+    done, lines = 0, 0  # the bytes and the newlines read before this chunk
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
-        for chunk in [*iter(lambda: file.read(1 << 20), b""), None]:
-            data = decoder.getstate()[0] + (chunk or b"")  # what this decode call reads
+        while True:
+            chunk = file.read(1 << 20)
+            pending = decoder.getstate()[0]  # the start of a character cut by the last chunk
             try:
-                decoder.decode(chunk or b"", final=chunk is None)
-            except UnicodeDecodeError as error:
-                at = position - len(data) + len(chunk or b"") + error.start
-                line += data[: error.start].count(b"\n")
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:  # in error.object: the pending bytes + chunk
+                at = done - len(pending) + error.start
+                line = lines + error.object[: error.start].count(b"\n") + 1
+                byte = error.object[error.start]
                 return (
-                    f"--text {path}: byte {at:,} (line {line}, 0x{data[error.start]:02x}) "
-                    f"is not UTF-8 ({error.reason}); the text files must be UTF-8"
+                    f"--text {path}: byte {at:,} (line {line}, 0x{byte:02x}) is not UTF-8 "
+                    f"({error.reason}); the text files must be UTF-8"
                 )
-            line += (chunk or b"").count(b"\n")
-            position += len(chunk or b"")
-    return f"--text {path}: the file is not UTF-8; the text files must be UTF-8"
+            if not chunk:
+                return f"--text {path}: the file is not UTF-8; the text files must be UTF-8"
+            done, lines = done + len(chunk), lines + chunk.count(b"\n")
 
 
 def load_corpus(run: dict[str, Any]) -> tuple[Tokenizer, list[torch.Tensor]]:
@@ -522,8 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"t5mini-pretrain: {settings.size} size, "
                     f"{trainer.model.num_parameters():,} parameters, {trainer.precision} on "
-                    f"{device} x {world_size}; {run['corpus']['tokens']:,} tokens; steps "
-                    f"{trainer.global_step} -> {settings.num_steps} of {settings.batch_size}"
+                    f"{device} x {world_size}\n  {run['corpus']['tokens']:,} tokens of text; "
+                    f"steps {trainer.global_step} -> {settings.num_steps}, "
+                    f"{settings.batch_size} sequences a step"
                 )
             if world_size > 1:
                 dist.barrier()  # every process has read DIR before rank 0 writes to it
@@ -532,9 +540,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 final = save_final(trainer.model, tokenizer, args.output_dir)
                 print(f"step {trainer.global_step}: wrote {final} and checkpoint.pt")
     except KeyboardInterrupt:
+        saved = (args.output_dir / "checkpoint.pt").is_file()
         print(
-            f"\nt5mini-pretrain: stopped; continue from the last checkpoint with: "
-            f"t5mini-pretrain --resume --output-dir {args.output_dir}",
+            "\nt5mini-pretrain: stopped; "
+            + (
+                f"continue with: t5mini-pretrain --resume --output-dir {args.output_dir}"
+                if saved
+                else "nothing was saved yet: run the same command again"
+            ),
             file=sys.stderr,
         )
         return 130

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from t5mini.checks import check_ids, check_mask
+from t5mini.checks import check_choice, check_ids, check_mask
 from t5mini.decoding import (
     CACHE_CHUNK,
     MAX_LENGTH_PENALTY,
@@ -287,6 +287,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     compile: bool = False,
+    weight_layout: str = "auto",
 ) -> Tensor:
     """Output ids `(batch * num_return_sequences, 1 + new_len)`, each row led by the start token."""
     settings = GenerationSettings(
@@ -305,7 +306,7 @@ def generate(
         use_cache,
         compile,
     )
-    check_inputs(model, input_ids, attention_mask, generator)
+    check_inputs(model, input_ids, attention_mask, generator, weight_layout, compile)
     config = model.config
     start = input_ids.new_full((input_ids.shape[0], 1), config.decoder_start_token_id)
     if settings.max_new_tokens == 0 or input_ids.shape[0] == 0:  # nothing to generate
@@ -320,7 +321,15 @@ def generate(
         if settings.compile:  # the compiled step of appendix B
             from t5mini.compiled import compiled_generate
 
-            return compiled_generate(model, states, attention_mask, start, settings, generator)
+            return compiled_generate(
+                model,
+                states,
+                attention_mask,
+                start,
+                settings,
+                generator,
+                weight_layout=weight_layout,
+            )
         max_length = 1 + settings.max_new_tokens
         step = DecoderStepper(model, states, attention_mask, max_length, settings.use_cache)
         search = beam_search if settings.num_beams > 1 else sample_search
@@ -328,11 +337,18 @@ def generate(
 
 
 def check_inputs(
-    model: Any, input_ids: Tensor, attention_mask: Tensor | None, generator: Any
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    generator: Any,
+    weight_layout: Any = "auto",
+    compile: bool = False,
 ) -> None:
     """Raise a `TypeError` or `ValueError` naming the first invalid input of `generate`."""
     check_ids("input_ids", input_ids, model.config.vocab_size)
     check_mask("attention_mask", attention_mask, input_ids, "input_ids")
+    if not compile:  # eager decoding uses the model's own weights; appendix B checks the rest
+        check_choice("weight_layout", weight_layout, ("auto", "model"))
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r:.40}")
 
@@ -360,10 +376,7 @@ MOVED_TO_COMPILED = (
     "step_matrices",
     "transposed_copy",
     "layout_seconds",
-    "swapped_weights",
     "CLEAR_GAIN",
-    "RelaidWeights",
-    "relaid_weights",
     "CompiledStepper",
     "reset_static_step",
     "MAX_COMPILED_STEPS",

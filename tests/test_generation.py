@@ -438,6 +438,8 @@ BAD_ARGUMENTS = [
     (dict(compile="yes"), TypeError, "compile"),
     (dict(compile=True, use_cache=False), ValueError, "use_cache"),
     (dict(generator=1234), TypeError, "generator"),
+    (dict(weight_layout="transposed"), ValueError, "weight_layout"),  # eager: the model's own
+    (dict(weight_layout=None), ValueError, "weight_layout"),
 ]
 
 
@@ -681,3 +683,27 @@ def test_generation_that_stops_early_never_plans_quadratic_memory():
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4000)
     assert out.shape[1] < 100  # EOS everywhere long before the limit
     assert max(audit.sizes) < 4000 * 4000 // 16
+
+
+def test_names_that_moved_to_appendix_b_still_import_from_generation():
+    """`from t5mini.generation import CompiledStepper` and the like keep working."""
+    import t5mini.compiled
+    import t5mini.generation
+
+    assert t5mini.generation.MOVED_TO_COMPILED
+    for name in t5mini.generation.MOVED_TO_COMPILED:
+        assert getattr(t5mini.generation, name) is getattr(t5mini.compiled, name), name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        t5mini.generation.no_such_name  # noqa: B018
+
+
+def test_eager_generate_accepts_the_model_weight_layout():
+    _, model = reference_pair(0)
+    input_ids, attention_mask = padded_batch(0)
+    for layout in ("auto", "model"):
+        torch.testing.assert_close(
+            model.generate(input_ids, attention_mask=attention_mask, weight_layout=layout),
+            model.generate(input_ids, attention_mask=attention_mask),
+            rtol=0,
+            atol=0,
+        )

@@ -249,9 +249,10 @@ def hold_output_dir(output_dir: Path) -> Iterator[Path]:
                     stale.unlink()
         yield output_dir
     finally:
-        if created and [p.name for p in output_dir.iterdir()] == [LOCK_NAME]:
-            (output_dir / LOCK_NAME).unlink()  # nothing was written: leave no directory
-            output_dir.rmdir()
+        with contextlib.suppress(OSError):  # someone may have removed the directory meanwhile
+            if created and [p.name for p in output_dir.iterdir()] == [LOCK_NAME]:
+                (output_dir / LOCK_NAME).unlink()  # nothing was written: leave no directory
+                output_dir.rmdir()
         os.close(descriptor)  # releases the lock
 
 

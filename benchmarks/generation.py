@@ -4,8 +4,7 @@ Both sides decode greedily, batch 1, a 64-token source, 128 new tokens, with and
 the KV cache, for the `tiny` preset's shape and for t5-small's. t5mini also decodes with
 `compile=True` (t5mini.compiled's static-shape step through torch.compile, which on the
 CPU at batch 1 multiplies the matrices with more outputs than inputs through (in, out)
-copies: the `weight_layout="auto"` rule), and once more with inductor's freezing (weights folded into the compiled code as constants, so that
-it may prepack them into another layout); the seconds each spends compiling are reported.
+copies: the `weight_layout="auto"` rule); the seconds it spends compiling are reported.
 Both must do the same work, so the EOS row of the head is zeroed on both (its logit is then
 0, below the maximum of thousands of random logits), every run is checked to produce all
 128 tokens, and the two outputs are checked to be identical. The contenders take turns,
@@ -33,7 +32,6 @@ import platform
 import time
 
 import torch
-import torch._inductor.config
 import transformers
 
 from t5mini.compiled import _compiled_steps, step_matrices, transposed_copy
@@ -97,18 +95,16 @@ def matmul_floor(model, new_tokens: int, layout: str):
     return run
 
 
-def compile_and_time(model, input_ids, new_tokens: int, freezing: bool) -> float:
+def compile_and_time(model, input_ids, new_tokens: int) -> float:
     """Seconds of the first `compile=True` call (compilation and warm-up)."""
     started = time.perf_counter()
-    with torch._inductor.config.patch(freezing=freezing):
-        model.generate(input_ids, max_new_tokens=new_tokens, compile=True)
+    model.generate(input_ids, max_new_tokens=new_tokens, compile=True)
     return time.perf_counter() - started
 
 
 def measure(shape: str, src_len: int, new_tokens: int, repeats: int, no_cache: bool) -> dict:
     """tokens/s of every contender, its ratio to transformers and its fraction of each floor."""
     reference, model = build(shape)
-    frozen = from_hf(reference).eval()  # compiled with inductor's freezing, in its own phase
     input_ids = torch.randint(2, T5Config.preset(shape).vocab_size, (1, src_len),
                               generator=torch.Generator().manual_seed(1))  # fmt: skip
     outputs: dict = {}
@@ -120,7 +116,7 @@ def measure(shape: str, src_len: int, new_tokens: int, repeats: int, no_cache: b
         return run
 
     with torch.no_grad():
-        warm_up_s = {"t5mini_compiled": compile_and_time(model, input_ids, new_tokens, False)}
+        warm_up_s = {"t5mini_compiled": compile_and_time(model, input_ids, new_tokens)}
         seconds = interleaved_best(
             {
                 "t5mini_eager": generate("t5mini_eager", model),
@@ -132,21 +128,6 @@ def measure(shape: str, src_len: int, new_tokens: int, repeats: int, no_cache: b
             },
             repeats,
         )
-        # Freezing is decided when a graph is compiled, and a model of the same shape would
-        # reuse the graph compiled above: start afresh, then time it against transformers.
-        torch._dynamo.reset()
-        warm_up_s["t5mini_compiled_frozen"] = compile_and_time(frozen, input_ids, new_tokens, True)
-        frozen_seconds = interleaved_best(
-            {
-                "t5mini_compiled_frozen": generate("t5mini_compiled_frozen", frozen, compile=True),
-                "transformers": generate("transformers", reference),
-            },
-            repeats,
-        )
-        torch._dynamo.reset()  # no frozen graph (with frozen's weights) for any later model
-        seconds["t5mini_compiled_frozen"] = frozen_seconds["t5mini_compiled_frozen"] * (
-            seconds["transformers"] / frozen_seconds["transformers"]
-        )  # rescaled by transformers' time in each phase, so ratios stay within one phase
         if no_cache:  # without the cache a run is long (quadratic): fewer rounds, no warm-up
             seconds |= interleaved_best(
                 {
@@ -163,7 +144,7 @@ def measure(shape: str, src_len: int, new_tokens: int, repeats: int, no_cache: b
             raise AssertionError(f"{shape}, {name}: outputs differ or stopped early")
     tok_s = {name: new_tokens / s for name, s in seconds.items()}
     result: dict = {"tok_s": {name: round(value, 1) for name, value in tok_s.items()}}
-    contenders = ["t5mini_eager", "t5mini_compiled", "t5mini_compiled_frozen", "transformers"]
+    contenders = ["t5mini_eager", "t5mini_compiled", "transformers"]
     result["ratio_to_transformers"] = {
         name: round(tok_s[name] / tok_s["transformers"], 3) for name in contenders
     }

@@ -170,18 +170,22 @@ def reset_static_step(
     step.length, step.rows = 0, rows
 
 
+def attention_layers(module: nn.Module) -> list[nn.Module]:
+    """The attention layers in `module`: those with chapter 4's `implementation` attribute."""
+    return [m for m in module.modules() if hasattr(m, "implementation")]
+
+
 @contextlib.contextmanager
-def plain_attention(module: nn.Module) -> Iterator[None]:
-    """While active, every attention layer in `module` computes with the plain math."""
-    layers = [m for m in module.modules() if hasattr(m, "implementation")]
+def plain_attention(layers: list[nn.Module]) -> Iterator[None]:
+    """While active, the attention `layers` compute with the plain math, not SDPA."""
     saved = [layer.implementation for layer in layers]
     try:
         for layer in layers:
-            layer.implementation = "eager"
+            vars(layer)["implementation"] = "eager"  # a plain attribute: no Module checks
         yield
     finally:
         for layer, implementation in zip(layers, saved):
-            layer.implementation = implementation
+            vars(layer)["implementation"] = implementation
 
 
 def own_code(function: Callable) -> Callable:
@@ -314,6 +318,7 @@ class CompiledStepper:
         self.compiled = compile_step(StaticDecoderStep.logits, self.on_cuda)
         self.compiled_greedy = compile_step(greedy_step, self.on_cuda)
         self.guard_every_step = False  # True: dynamo checks its guards at every call
+        self.attention = attention_layers(self.static.decoder)  # see plain_attention
         self.traced: set[str] = set()
 
     def run(self, name: str, compiled: Callable, *args: Any) -> Tensor:
@@ -323,10 +328,8 @@ class CompiledStepper:
         if self.on_cuda:
             torch.compiler.cudagraph_mark_step_begin()
         started = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            if checking and not self.on_cuda:  # what dynamo sees: plain attention
-                stack.enter_context(plain_attention(static.decoder))
-            stack.enter_context(skip_guards(not checking))
+        plain = contextlib.nullcontext() if self.on_cuda else plain_attention(self.attention)
+        with plain, skip_guards(not checking):
             output = compiled(static, *args)
         if name not in self.traced:  # the first call traced and compiled
             self.traced.add(name)
@@ -397,6 +400,7 @@ def compiled_stepper(
         model.lm_head,
     )
     static.weights = weight_copies(model, step.transposed)
+    step.attention = attention_layers(static.decoder)
     reset_static_step(static, model, encoder_hidden_states, attention_mask, start)
     return step
 

@@ -217,7 +217,7 @@ def test_the_model_keeps_sdpa_and_the_compiled_cpu_step_traces_plain_attention(p
     layers = [m for m in model.modules() if hasattr(m, "implementation")]
     assert {layer.implementation for layer in layers} == {"sdpa"}  # set back after tracing
     seen = []
-    with compiled.plain_attention(model.decoder):
+    with compiled.plain_attention(compiled.attention_layers(model.decoder)):
         seen = {m.implementation for m in model.decoder.modules() if hasattr(m, "implementation")}
     assert seen == {"eager"}
 

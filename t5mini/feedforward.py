@@ -35,7 +35,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def parse_feed_forward_proj(feed_forward_proj: str) -> tuple[bool, str]:
-    """``"relu"`` -> (False, "relu"); ``"gated-gelu"`` -> (True, "gelu_tanh"), as in transformers."""
+    """``"relu"`` -> (False, "relu"); ``"gated-gelu"`` -> (True, "gelu_tanh"), as transformers."""
     if not isinstance(feed_forward_proj, str):
         got = type(feed_forward_proj).__name__
         raise TypeError(f"feed_forward_proj must be a str ('relu', 'gated-gelu', ...), got {got}")

@@ -6,13 +6,11 @@ import errno
 import io
 import os
 import random
-import re
-import secrets
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,6 +18,7 @@ from torch import nn
 
 from t5mini.checks import check_bool, check_ids, check_int
 from t5mini.config import T5Config
+from t5mini.files import replaced_atomically
 from t5mini.model import T5ForConditionalGeneration
 from t5mini.training import Schedule, TrainingStep
 
@@ -211,35 +210,6 @@ def _fit(
 Trainer.fit = _fit
 
 
-def _new_temporary(path: Path) -> tuple[Path, BinaryIO]:
-    """A new, empty `.NAME.XXXXXXXX.tmp` beside `path`, with the umask's permissions."""
-    while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:  # 0o666 minus the umask, as for any new file (mkstemp would give 0o600)
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        return temporary, os.fdopen(descriptor, "wb")
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (POSIX; elsewhere nothing to do)."""
-    if hasattr(os, "O_DIRECTORY"):
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporary files of `path` that an interrupted save left behind."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-z_]{{8}}\.tmp")
-    for stale in path.parent.iterdir():
-        if pattern.fullmatch(stale.name):
-            stale.unlink(missing_ok=True)
-
-
 def _write_error(error: Exception, path: Path) -> Exception:
     """The error to raise when writing `path` failed: an OSError names the path and the cause."""
     if isinstance(error, OSError):  # a full disk (ENOSPC), a file-size limit (EFBIG), ...
@@ -255,27 +225,21 @@ def _write_error(error: Exception, path: Path) -> Exception:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` to a temporary file beside `path`, fsync it, then rename it onto `path`."""
+    """`torch.save` to `path` whole or not at all, through appendix A's `replaced_atomically`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary, file = _new_temporary(path)
+    written = None
     try:
-        with file:
+        with replaced_atomically(path) as file:  # an error or an interrupt: the old file stays
+            written = os.fstat(file.fileno())
             torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)  # atomic: the old file or the new one, never half of one
     except Exception as error:
-        temporary.unlink(missing_ok=True)
+        if written is not None and path.exists() and os.path.samestat(path.stat(), written):
+            raise  # written and renamed: only the directory's fsync failed
         raised = _write_error(error, path)
         if raised is error:
             raise
         raise raised from error
-    except BaseException:  # an interrupt: no new file, and the old one is untouched
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    _remove_stale_temporaries(path)
     return path
 
 

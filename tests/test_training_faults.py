@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import t5mini.files as files
 import t5mini.scale as scale
 from t5mini.config import T5Config
 from t5mini.model import T5ForConditionalGeneration
@@ -115,10 +116,11 @@ def test_a_failing_directory_sync_after_the_rename_leaves_the_new_checkpoint(sav
     def fail(directory):
         raise OSError(errno.EIO, "directory fsync failed")
 
-    monkeypatch.setattr(scale, "_fsync_directory", fail)
-    with pytest.raises(OSError, match="directory fsync failed"):
+    monkeypatch.setattr(files, "fsync_directory", fail)
+    with pytest.raises(OSError, match="directory fsync failed") as raised:
         new.save(path)
     monkeypatch.undo()
+    assert "not written" not in str(raised.value)  # it was written
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     assert load_checkpoint(path, make_trainer(seed=5, steps=0).model)["step"] == 2  # the new one
 

@@ -978,8 +978,8 @@ def test_checkpoint_files_get_the_umask_mode(tmp_path, umask):
 
 
 def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path):
-    stale = [tmp_path / ".ckpt.pt.1a2b3c4d.tmp", tmp_path / ".ckpt.pt.x_9yz0ab.tmp"]
-    kept = [tmp_path / ".ckpt.pt.notes.tmp", tmp_path / ".other.pt.1a2b3c4d.tmp"]
+    stale = [tmp_path / ".ckpt.pt.1a2b3c4d5e6f.tmp", tmp_path / ".ckpt.pt.0123456789ab.tmp"]
+    kept = [tmp_path / ".ckpt.pt.notes.tmp", tmp_path / ".other.pt.1a2b3c4d5e6f.tmp"]
     for path in stale + kept:
         path.write_bytes(b"half a checkpoint")
     trained_trainer(steps=1).save(tmp_path / "ckpt.pt")

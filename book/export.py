@@ -64,10 +64,8 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "t5mini @ git+{url}"],
-        check=True,
-    )
+    package = "t5mini @ git+{url}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
 """
 
 

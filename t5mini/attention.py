@@ -10,7 +10,6 @@ from torch import nn
 
 from t5mini.checks import check_choice, check_float, check_int
 
-
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
 

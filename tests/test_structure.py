@@ -20,8 +20,14 @@ MAX_LINES = 1000
 MAX_CELL_LINES = 40
 FOLDED = {"remove-cell", "hide-input", "hide-cell", "remove-input"}
 # What a T5 module must not contain: compiler branches, compiler options, private APIs.
-BANNED = ("is_compiling", "inductor", "_dynamo", "_reparametrize_module", "cudagraph",
-          "mark_static_address")
+BANNED = (
+    "is_compiling",
+    "inductor",
+    "_dynamo",
+    "_reparametrize_module",
+    "cudagraph",
+    "mark_static_address",
+)
 
 
 def parts() -> dict[str, list[Path]]:

@@ -243,7 +243,7 @@ def predict_spans(
         row = row[1:]  # the decoder start token
         if tokenizer.eos_id in row:
             row = row[: row.index(tokenizer.eos_id)]
-        texts.append(tokenizer.decode([i for i in row if i != tokenizer.pad_id]))
+        texts.append(tokenizer.decode([i for i in row if 0 < i < len(tokenizer)]))
     return texts
 
 

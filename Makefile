@@ -30,7 +30,7 @@ check: install
 
 test: install
 	$(MAKE) --no-print-directory check
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --timeout=900
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --timeout=900 --durations=25
 
 # Build the website, then check it (book/check_site.py): no missing local file (MathJax's
 # own components and fonts included), no warning in an output, an image on every chapter,

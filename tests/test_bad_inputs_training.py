@@ -10,7 +10,6 @@ is still writing.
 from __future__ import annotations
 
 import errno
-import signal
 import subprocess
 import sys
 import textwrap
@@ -121,70 +120,3 @@ def test_a_bug_inside_torch_save_keeps_its_own_type(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", failing_save(TypeError("cannot pickle 'generator'")))
     with pytest.raises(TypeError, match="cannot pickle"):
         save_checkpoint(tmp_path / "checkpoint.pt", small_model())
-
-
-# --- a concurrent save: a live writer's temporary is not a stale one ----------------------
-
-WRITER = """
-import os, signal, sys
-import torch
-from t5mini.config import T5Config
-from t5mini.model import T5ForConditionalGeneration
-from t5mini.training import save_checkpoint
-
-path, then = sys.argv[1], sys.argv[2]
-real_save = torch.save
-
-
-def save_then_pause(obj, file, *args, **kwargs):
-    real_save(obj, file, *args, **kwargs)
-    file.flush()
-    print(os.fstat(file.fileno()).st_ino, flush=True)  # which temporary is ours
-    if then == "die":
-        os.kill(os.getpid(), signal.SIGKILL)  # a writer killed mid-save
-    sys.stdin.readline()  # a live writer, until the test lets it go on
-
-
-torch.save = save_then_pause
-torch.manual_seed(1)
-save_checkpoint(path, T5ForConditionalGeneration(T5Config(**{config!r})), step=2)
-print("saved", flush=True)
-"""
-
-
-def temporaries(path: Path) -> dict[int, Path]:
-    """The temporary files beside ``path``, by inode."""
-    return {p.stat().st_ino: p for p in path.parent.iterdir() if p.name.endswith(".tmp")}
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals and locks")
-def test_a_save_deletes_a_dead_writers_temporary_but_not_a_live_ones(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, small_model(), step=1)
-    script = textwrap.dedent(WRITER.format(config=CONFIG))
-    writers = {
-        then: subprocess.Popen(
-            [sys.executable, "-c", script, str(path), then],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for then in ("die", "wait")
-    }
-    try:
-        inode = {then: int(writer.stdout.readline()) for then, writer in writers.items()}
-        assert writers["die"].wait(timeout=120) == -signal.SIGKILL
-        before = temporaries(path)
-        dead, live = before[inode["die"]], before[inode["wait"]]
-        save_checkpoint(path, small_model(3), step=3)  # while the live writer is mid-save
-        assert live.exists(), "a live writer's temporary was deleted"
-        assert not dead.exists(), "a dead writer's temporary was left behind"
-        assert load_checkpoint(path, small_model())["step"] == 3
-        out, _ = writers["wait"].communicate("go on\n", timeout=120)
-        assert writers["wait"].returncode == 0 and out.strip() == "saved"  # its rename worked
-    finally:
-        for writer in writers.values():
-            writer.kill()
-            writer.wait()
-    assert load_checkpoint(path, small_model())["step"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -3,8 +3,6 @@
 A full disk (or a file-size limit) during `save_checkpoint` used to surface as torch's
 "unexpected pos 704 vs 598" or a bare "No space left on device"; the error now names the
 checkpoint that was not written, and the old checkpoint stays as it was.
-A save also deletes the temporary file that a killed save left, never one that a live save
-is still writing.
 """
 
 from __future__ import annotations
